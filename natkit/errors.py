@@ -1,0 +1,52 @@
+"""User-facing errors: each one is a single line, and the CLI exits with code 2."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class NatkitError(Exception):
+    """A mistake in what the user asked for (not a bug): one line, exit code 2."""
+
+    exit_code = 2
+
+
+class ConfigError(NatkitError, ValueError):
+    """A configuration key or value is invalid."""
+
+
+class UnknownComponentError(NatkitError, LookupError):
+    """A component name is not in its registry."""
+
+
+class DataError(NatkitError):
+    """A dataset root, file or split is missing or unreadable."""
+
+
+class CheckpointError(NatkitError):
+    """A run directory or checkpoint is missing, corrupt or incompatible."""
+
+
+class TrainingDiverged(NatkitError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+    exit_code = 1
+
+
+class PluginError(NatkitError):
+    """A plugin broke a rule of the plugin API (e.g. registered a name twice)."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """Return ' (did you mean 'x'?)' for the closest choice, or '' when none is close."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def format_choices(choices: Iterable[str], limit: int = 30) -> str:
+    """Join choices for a one-line message, eliding the tail of a long list."""
+    items = sorted(choices)
+    if len(items) > limit:
+        return ", ".join(items[:limit]) + f", ... ({len(items) - limit} more)"
+    return ", ".join(items)

@@ -1,0 +1,176 @@
+"""The plugin manager: loads plugins and fills the registries through their hooks.
+
+The built-in components are registered as the plugin ``natkit`` through the same
+``register_*`` hooks as any third-party package. Packages are discovered through
+the ``natkit`` entry-point group; set ``NATKIT_DISABLE_PLUGIN_AUTOLOAD=1`` to skip
+them. A plugin that fails to import, or whose hook raises, is reported by name
+and left out; everything else keeps working.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as metadata
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from natkit import hookspecs
+from natkit.errors import PluginError, UnknownComponentError
+from natkit.registry import KINDS, Registry
+
+ENTRY_POINT_GROUP = "natkit"
+AUTOLOAD_ENV = "NATKIT_DISABLE_PLUGIN_AUTOLOAD"
+BUILTIN_PLUGIN = "natkit"
+
+_HOOK_FOR_KIND = {
+    "backbone": "register_backbones",
+    "targets": "register_targets",
+    "solver": "register_solvers",
+    "preprocess": "register_preprocessors",
+    "dataset": "register_datasets",
+}
+
+
+class PluginWarning(UserWarning):
+    """A plugin could not be loaded or registered; natkit goes on without it."""
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """An installed plugin: its name, distribution and version."""
+
+    name: str
+    distribution: str
+    version: str
+    error: str | None = None
+
+
+def _version() -> str:
+    try:
+        return metadata.version("natkit")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+class PluginHost:
+    """A pluggy manager plus the registries its plugins fill."""
+
+    def __init__(self, *, autoload: bool | None = None) -> None:
+        self.pm = pluggy.PluginManager("natkit")
+        self.pm.add_hookspecs(hookspecs)
+        self._info: dict[str, PluginInfo] = {}
+        self._registries: dict[str, Registry] | None = None
+        builtin = importlib.import_module("natkit.builtin")
+        self.register(builtin, name=BUILTIN_PLUGIN, distribution="natkit", version=_version())
+        if autoload is None:
+            autoload = os.environ.get(AUTOLOAD_ENV, "").strip().lower() not in ("1", "true", "yes")
+        if autoload:
+            self.load_entry_points()
+
+    @property
+    def hook(self) -> Any:
+        """The pluggy hook relay, for firing lifecycle hooks."""
+        return self.pm.hook
+
+    def register(self, plugin: Any, name: str | None = None, *, distribution: str = "",
+                 version: str = "") -> str:
+        """Register a plugin object (module, class or instance) and return its name."""
+        name = self.pm.register(plugin, name=name)
+        if name is None:
+            raise PluginError(f"plugin '{name}' is already registered")
+        self._info[name] = PluginInfo(name, distribution or name, version)
+        self._registries = None
+        return name
+
+    def unregister(self, name: str) -> None:
+        """Remove a plugin by name; its components leave the registries."""
+        self.pm.unregister(name=name)
+        self._info.pop(name, None)
+        self._registries = None
+
+    def load_entry_points(self) -> None:
+        """Import every plugin in the ``natkit`` entry-point group, isolating failures."""
+        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            if self.pm.has_plugin(ep.name) or ep.name in self._info:
+                continue
+            dist = ep.dist.name if ep.dist else ""
+            version = ep.dist.version if ep.dist else ""
+            try:
+                plugin = ep.load()
+                self.register(plugin, name=ep.name, distribution=dist, version=version)
+            except Exception as exc:  # a broken plugin must not take natkit down
+                self._fail(ep.name, dist, version, f"failed to load: {type(exc).__name__}: {exc}")
+
+    def _fail(self, name: str, dist: str, version: str, why: str) -> None:
+        self._info[name] = PluginInfo(name, dist or name, version, error=why)
+        warnings.warn(f"natkit plugin '{name}' {why}; continuing without it",
+                      PluginWarning, stacklevel=3)
+
+    def plugins(self) -> list[PluginInfo]:
+        """Every plugin natkit knows, loaded or failed, sorted with the built-ins first."""
+        self.registries()  # registering can still fail a plugin
+        return sorted(self._info.values(), key=lambda p: (p.name != BUILTIN_PLUGIN, p.name))
+
+    def registries(self) -> dict[str, Registry]:
+        """The five registries, filled by calling every plugin's ``register_*`` hooks."""
+        if self._registries is None:
+            registries = {kind: Registry(kind) for kind in KINDS}
+            for name, _ in self.pm.list_name_plugin():
+                registries = self._register_plugin(name, registries)
+            self._registries = registries
+        return self._registries
+
+    def _register_plugin(self, name: str, registries: dict[str, Registry]) -> dict[str, Registry]:
+        """Add one plugin's components, all or nothing: a failure leaves ``registries`` as is."""
+        staged = {kind: Registry(kind, dict(reg._entries)) for kind, reg in registries.items()}
+        for kind in KINDS:
+            for impl in getattr(self.pm.hook, _HOOK_FOR_KIND[kind]).get_hookimpls():
+                if impl.plugin_name != name:
+                    continue
+
+                def register(*args: Any, _kind: str = kind, **kwargs: Any) -> None:
+                    staged[_kind].add(*args, plugin=name, **kwargs)
+
+                try:
+                    impl.function(**{arg: register for arg in impl.argnames})
+                except Exception as exc:  # never fatal: report the plugin and go on
+                    info = self._info.get(name, PluginInfo(name, name, ""))
+                    self._fail(name, info.distribution, info.version,
+                               f"failed to register {kind}s: {type(exc).__name__}: {exc}")
+                    return registries
+        return staged
+
+
+_host: PluginHost | None = None
+
+
+def get_host() -> PluginHost:
+    """The process-wide plugin host, created (and plugins loaded) on first use."""
+    global _host
+    if _host is None:
+        _host = PluginHost()
+    return _host
+
+
+def reset_host(host: PluginHost | None = None) -> PluginHost | None:
+    """Replace the process-wide host (tests); ``None`` reloads on next use. Returns the old one."""
+    global _host
+    old, _host = _host, host
+    return old
+
+
+KIND_ALIASES = {"backbones": "backbone", "solvers": "solver", "preprocessors": "preprocess",
+                "preprocessor": "preprocess", "datasets": "dataset"}
+
+
+def registry(kind: str) -> Registry:
+    """The registry of one component kind (singular or plural: 'solver' or 'solvers')."""
+    kind = KIND_ALIASES.get(kind, kind)
+    regs = get_host().registries()
+    if kind not in regs:
+        raise UnknownComponentError(f"unknown component kind '{kind}'; valid: {', '.join(KINDS)}")
+    return regs[kind]

@@ -1,0 +1,23 @@
+"""Shared fixtures: an isolated plugin host, and small real data on disk."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from natkit import plugins
+
+# The suite must not depend on plugins that happen to be installed alongside natkit.
+os.environ.setdefault(plugins.AUTOLOAD_ENV, "1")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture
+def host():
+    """A fresh plugin host (built-ins only) installed as natkit's host for one test."""
+    fresh = plugins.PluginHost(autoload=False)
+    old = plugins.reset_host(fresh)
+    yield fresh
+    plugins.reset_host(old)
