@@ -1,0 +1,103 @@
+"""AlexNet with BatchNorm after every convolution, as in the authors' NAT code."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from natkit.backbones.base import Backbone
+
+PAPER_WIDTHS = (96, 256, 384, 384, 256)
+PAPER_FC = (4096, 4096)
+
+# (kernel, stride, padding) of conv1 for each stem; the other layers are fixed.
+STEMS = {"imagenet": (11, 4, 2), "small": (5, 1, 2)}
+
+
+class ConvBlock(nn.Sequential):
+    """Conv -> BatchNorm -> ReLU."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int = 1, padding: int = 0) -> None:
+        super().__init__(
+            nn.Conv2d(cin, cout, kernel, stride, padding, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        )
+
+
+def _pool(size: int) -> int:
+    return (size - 3) // 2 + 1
+
+
+class AlexNet(Backbone):
+    """AlexNet's five conv layers with BatchNorm; pooled conv5 features (torchvision layout).
+
+    The ``imagenet`` stem is the paper's 11x11 stride-4 conv1. At small inputs
+    (``stem='auto'`` below 128 px) a 5x5 stride-1 conv1 keeps conv5 maps larger
+    than 1x1. conv5's max-pooled map is resized adaptively to the size this
+    network was built for, so ``num_features`` holds at any input size.
+    """
+
+    def __init__(self, in_chans: int = 3, image_size: int = 224,
+                 widths: tuple[int, ...] = PAPER_WIDTHS, fc: tuple[int, ...] = PAPER_FC,
+                 stem: Literal["auto", "imagenet", "small"] = "auto") -> None:
+        super().__init__()
+        if len(widths) != 5 or min(widths) < 1:
+            raise ValueError(f"widths must be 5 positive integers, got {list(widths)}")
+        if any(w < 1 for w in fc):
+            raise ValueError(f"fc widths must be positive, got {list(fc)}")
+        if stem == "auto":
+            stem = "imagenet" if image_size >= 128 else "small"
+        kernel, stride, padding = STEMS[stem]
+        size = _pool((image_size + 2 * padding - kernel) // stride + 1)  # conv1, pool1
+        size = _pool(size)  # conv2 keeps the size, then pool2
+        if size < 3:
+            raise ValueError(
+                f"image_size {image_size} is too small for the '{stem}' stem "
+                f"(conv5 maps would be {max(size, 0)}x{max(size, 0)}); use stem 'small' or larger images"
+            )
+        self.stem = stem
+        self.out_size = _pool(size)
+        w1, w2, w3, w4, w5 = widths
+        self.conv1 = ConvBlock(in_chans, w1, kernel, stride, padding)
+        self.conv2 = ConvBlock(w1, w2, 5, padding=2)
+        self.conv3 = ConvBlock(w2, w3, 3, padding=1)
+        self.conv4 = ConvBlock(w3, w4, 3, padding=1)
+        self.conv5 = ConvBlock(w4, w5, 3, padding=1)
+        self.num_features = w5 * self.out_size**2
+        self.default_head = tuple(fc)
+        self.in_chans = in_chans
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def tap_modules(self) -> dict[str, nn.Module]:
+        return {f"conv{i}": getattr(self, f"conv{i}") for i in range(1, 6)}
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The conv5 map, before the final pooling."""
+        x = F.max_pool2d(self.conv1(x), 3, 2)
+        x = F.max_pool2d(self.conv2(x), 3, 2)
+        return self.conv5(self.conv4(self.conv3(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)
+        if min(x.shape[-2:]) >= 3:
+            x = F.max_pool2d(x, 3, 2)
+        return torch.flatten(F.adaptive_max_pool2d(x, self.out_size), 1)
+
+
+def create(*, in_chans: int = 3, image_size: int = 224,
+           widths: tuple[int, ...] = PAPER_WIDTHS, fc: tuple[int, ...] = PAPER_FC,
+           stem: Literal["auto", "imagenet", "small"] = "auto") -> AlexNet:
+    """The paper's AlexNet with BatchNorm (widths and fc head configurable)."""
+    return AlexNet(in_chans, image_size, widths, fc, stem)

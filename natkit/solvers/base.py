@@ -1,0 +1,49 @@
+"""The solver interface and the checks every solver shares."""
+
+from __future__ import annotations
+
+import torch
+
+
+class Solver:
+    """Minimise the summed cost of a one-to-one assignment of rows to columns.
+
+    ``solver(cost)`` takes a square ``[b, b]`` tensor and returns a LongTensor
+    ``perm`` on the same device: row ``i`` takes column ``perm[i]``. The result
+    is always a valid permutation. ``exact`` says whether it is optimal.
+    """
+
+    exact: bool = False
+
+    def __call__(self, cost: torch.Tensor) -> torch.Tensor:
+        check_cost(cost)
+        if cost.shape[0] <= 1:
+            return torch.zeros(cost.shape[0], dtype=torch.int64, device=cost.device)
+        return self.solve(cost)
+
+    def solve(self, cost: torch.Tensor) -> torch.Tensor:
+        """Solve a checked cost matrix with b >= 2."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+def check_cost(cost: torch.Tensor) -> None:
+    """Raise ValueError for a cost that is not square, or FloatingPointError if not finite."""
+    if cost.ndim != 2 or cost.shape[0] != cost.shape[1]:
+        raise ValueError(f"cost must be a square [b, b] matrix, got shape {tuple(cost.shape)}")
+    if not torch.isfinite(cost).all():
+        raise FloatingPointError("cost matrix holds NaN or infinite values")
+
+
+def is_permutation(perm: torch.Tensor, b: int) -> bool:
+    """Whether ``perm`` holds each of 0..b-1 exactly once."""
+    return perm.shape == (b,) and bool((torch.sort(perm).values.cpu() == torch.arange(b)).all())
+
+
+def assignment_cost(cost: torch.Tensor, perm: torch.Tensor) -> float:
+    """The summed cost of assigning row i to column perm[i], in float64."""
+    rows = torch.arange(cost.shape[0], device=cost.device)
+    return float(cost.to(torch.float64)[rows, perm].sum())

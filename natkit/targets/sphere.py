@@ -1,0 +1,22 @@
+"""Targets drawn uniformly on the unit sphere: the paper's noise."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from natkit.targets.base import Targets, hashed_normal
+
+
+class SphereTargets(Targets):
+    """Uniform on the unit sphere of R^dim: Gaussian samples with L2-normalised rows."""
+
+    name = "sphere"
+
+    def __call__(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.normalize(hashed_normal(self.seed, ids, self.dim), dim=1)
+
+
+def create(*, dim: int = 128, seed: int | None = None) -> SphereTargets:
+    """Uniform on the unit sphere (the paper's targets)."""
+    return SphereTargets(dim, 0 if seed is None else seed)

@@ -1,0 +1,127 @@
+"""Every registered solver returns a valid permutation; exact ones reach scipy's optimum."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import linear_sum_assignment
+
+import natkit
+from natkit.solvers import assignment_cost, is_permutation
+from natkit.solvers.greedy import mutual_best_assignment
+from natkit.solvers.sinkhorn import SinkhornSolver
+
+SOLVERS = natkit.list_components("solver")
+SIZES = [1, 2, 3, 7, 64, 256]
+
+
+def optimum(cost: torch.Tensor) -> float:
+    rows, cols = linear_sum_assignment(cost.double().numpy())
+    return float(cost.double().numpy()[rows, cols].sum())
+
+
+def nat_cost(b: int, d: int = 32, seed: int = 0) -> torch.Tensor:
+    """The cost NAT solves: -<f, c> between unit vectors."""
+    g = torch.Generator().manual_seed(seed)
+    f = torch.nn.functional.normalize(torch.randn(b, d, generator=g), dim=1)
+    c = torch.nn.functional.normalize(torch.randn(b, d, generator=g), dim=1)
+    return -(f @ c.t())
+
+
+@pytest.fixture(params=SOLVERS)
+def solver(request, host):
+    return natkit.create_solver(request.param)
+
+
+@pytest.mark.parametrize("b", SIZES)
+def test_random_costs_give_a_permutation_at_or_above_the_optimum(solver, b):
+    cost = nat_cost(b, seed=b)
+    perm = solver(cost)
+    assert perm.dtype == torch.int64
+    assert is_permutation(perm, b)
+    total, best = assignment_cost(cost, perm), optimum(cost)
+    assert total >= best - 1e-9
+    if solver.exact:
+        assert total == pytest.approx(best, abs=1e-9)
+    elif b >= 64:
+        # approximate solvers still land far below the cost of doing nothing
+        assert total < assignment_cost(cost, torch.arange(b)) - 0.5 * abs(best)
+
+
+TIED = {
+    "all equal": lambda b: torch.zeros(b, b),
+    "identical rows": lambda b: torch.arange(b, dtype=torch.float32).repeat(b, 1),
+    "integer ties": lambda b: torch.randint(0, 3, (b, b), generator=torch.Generator().manual_seed(1))
+    .float(),
+    "rank one": lambda b: torch.outer(torch.arange(b).float() % 4, torch.ones(b)),
+}
+
+
+@pytest.mark.parametrize("b", [2, 5, 64, 256])
+@pytest.mark.parametrize("kind", list(TIED))
+def test_tied_costs_still_give_a_permutation(solver, kind, b):
+    cost = TIED[kind](b)
+    perm = solver(cost)
+    assert is_permutation(perm, b)
+    if solver.exact:
+        assert assignment_cost(cost, perm) == pytest.approx(optimum(cost), abs=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 9).flatmap(
+    lambda b: st.lists(st.integers(-5, 5), min_size=b * b, max_size=b * b).map(
+        lambda v: torch.tensor(v, dtype=torch.float64).view(b, b))))
+def test_property_every_solver_on_small_integer_costs(cost):
+    from natkit.plugins import PluginHost
+
+    host = PluginHost(autoload=False)
+    for name in host.registries()["solver"].names():
+        solver = host.registries()["solver"].create(name)
+        perm = solver(cost)
+        assert is_permutation(perm, cost.shape[0]), name
+        if solver.exact:
+            assert assignment_cost(cost, perm) == pytest.approx(optimum(cost)), name
+
+
+def test_non_finite_and_non_square_costs_are_refused(solver):
+    with pytest.raises(FloatingPointError):
+        solver(torch.tensor([[0.0, float("nan")], [1.0, 0.0]]))
+    with pytest.raises(ValueError, match="square"):
+        solver(torch.zeros(2, 3))
+
+
+def test_greedy_pairs_mutual_best_and_is_exact_on_a_diagonal_optimum():
+    cost = torch.full((6, 6), 1.0)
+    cost.fill_diagonal_(0.0)
+    assert torch.equal(mutual_best_assignment(cost), torch.arange(6))
+    shuffled = torch.randperm(6, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(mutual_best_assignment(cost[:, shuffled]), torch.argsort(shuffled))
+
+
+def test_emd_reports_an_iteration_limit_instead_of_a_silent_suboptimum(host):
+    solver = natkit.create_solver("emd", num_iter_max=5)
+    with pytest.raises(RuntimeError, match="raise num_iter_max"):
+        solver(nat_cost(64))
+
+
+def test_sinkhorn_plan_is_doubly_stochastic_and_rounds_close_to_the_optimum():
+    cost = nat_cost(128, d=16, seed=3)
+    solver = SinkhornSolver(reg=0.02, num_iter_max=3000)
+    plan = solver.plan(cost)
+    np.testing.assert_allclose(plan.sum(axis=0), 1 / 128, rtol=1e-3)
+    np.testing.assert_allclose(plan.sum(axis=1), 1 / 128, rtol=1e-3)
+    perm = solver(cost)
+    assert is_permutation(perm, 128)
+    gap = (assignment_cost(cost, perm) - optimum(cost)) / abs(optimum(cost))
+    assert 0 <= gap < 0.05
+
+
+def test_row_argmax_of_a_sinkhorn_plan_would_not_be_a_permutation():
+    """Why the rounding exists: with ties, argmax per row collides."""
+    cost = torch.zeros(8, 8)
+    plan = SinkhornSolver().plan(cost)
+    assert not is_permutation(torch.as_tensor(plan.argmax(axis=1)), 8)
+    assert is_permutation(SinkhornSolver()(cost), 8)
