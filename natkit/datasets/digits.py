@@ -1,0 +1,27 @@
+"""scikit-learn's 1,797 real 8x8 handwritten digits, resized."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import torch
+
+from natkit.datasets.base import TensorImageDataset, resize_square, stratified_split
+
+
+def create(*, split: Literal["train", "test"] = "train", image_size: int = 32,
+           test_fraction: float = 0.25, seed: int = 0) -> TensorImageDataset:
+    """scikit-learn's handwritten digits (1,797 images, 10 classes), grayscale, resized."""
+    from sklearn.datasets import load_digits
+
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got '{split}'")
+    if image_size < 8:
+        raise ValueError(f"image_size must be >= 8, got {image_size}")
+    digits = load_digits()
+    train_idx, test_idx = stratified_split(digits.target, test_fraction, seed)
+    idx = train_idx if split == "train" else test_idx
+    pixels = torch.from_numpy(digits.images[idx].astype(np.float32) / 16.0).unsqueeze(1)
+    images = (resize_square(pixels, image_size).clamp(0, 1) * 255).round().to(torch.uint8)
+    return TensorImageDataset(images, digits.target[idx], [str(d) for d in range(10)])
