@@ -1,0 +1,100 @@
+"""The assignment state of Noise As Targets: which target each image is pulled towards.
+
+``perm[i]`` is the target id of image ``i`` (a dataset index). It starts as a
+random permutation and only ever changes by permuting the ids held by one
+batch, so it stays a permutation of ``0..n-1``: every target is used once.
+The state lives in the training process (never in DataLoader workers) and is
+saved in the checkpoint. A distributed run needs only :meth:`propose` on each
+rank, a gather of ``(indices, new_ids)``, and :meth:`apply` everywhere.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from natkit.targets import Targets
+
+
+@dataclass(frozen=True)
+class Reassignment:
+    """What one batch's reassignment did."""
+
+    indices: torch.Tensor  # dataset indices of the batch
+    new_ids: torch.Tensor  # their target ids after the solve
+    changed: float  # fraction of the batch whose target changed
+    cost_before: float  # summed -<f, c> with the old targets
+    cost_after: float  # and with the new ones (never higher with an exact solver)
+
+
+class AssignmentState:
+    """The permutation P (image -> target id) and the target distribution it indexes."""
+
+    def __init__(self, targets: Targets, num_images: int, *, generator: torch.Generator | None = None,
+                 device: torch.device | str = "cpu", cache_limit_mb: float = 1024.0) -> None:
+        if num_images < 1:
+            raise ValueError(f"num_images must be >= 1, got {num_images}")
+        self.targets = targets
+        self.num_images = num_images
+        self.device = torch.device(device)
+        self.perm = torch.randperm(num_images, generator=generator).to(self.device)
+        self._bank: torch.Tensor | None = None
+        if num_images * targets.dim * 4 <= cache_limit_mb * 2**20:
+            self._bank = targets(torch.arange(num_images, device=self.device))
+
+    def targets_of(self, indices: torch.Tensor) -> torch.Tensor:
+        """The current targets of the images ``indices``, ``[b, dim]``."""
+        ids = self.perm[indices.to(self.device)]
+        return self._bank[ids] if self._bank is not None else self.targets(ids)
+
+    def propose(self, indices: torch.Tensor, features: torch.Tensor,
+                solver: Callable[[torch.Tensor], torch.Tensor]) -> Reassignment:
+        """Solve the batch's assignment problem; P itself is left unchanged."""
+        indices = indices.to(self.device)
+        ids = self.perm[indices]
+        held = self._bank[ids] if self._bank is not None else self.targets(ids)
+        # unit vectors: ||f - c||^2 = 2 - 2 <f, c>, so the inner product is the whole cost
+        cost = -(features.detach().float() @ held.to(features.device, torch.float32).t())
+        cols = solver(cost).to(self.device)
+        rows = torch.arange(len(indices), device=cost.device)
+        return Reassignment(
+            indices=indices,
+            new_ids=ids[cols],
+            changed=float((cols != rows.to(self.device)).float().mean()),
+            cost_before=float(cost.diagonal().sum()),
+            cost_after=float(cost[rows, cols.to(cost.device)].sum()),
+        )
+
+    def apply(self, update: Reassignment) -> None:
+        """Write a batch's new target ids into P."""
+        self.perm[update.indices] = update.new_ids
+
+    def reassign(self, indices: torch.Tensor, features: torch.Tensor,
+                 solver: Callable[[torch.Tensor], torch.Tensor]) -> Reassignment:
+        """Propose and apply in one go (the single-process path)."""
+        update = self.propose(indices, features, solver)
+        self.apply(update)
+        return update
+
+    def state_dict(self) -> dict[str, Any]:
+        """The permutation and the arguments that rebuild the targets."""
+        return {
+            "perm": self.perm.cpu(),
+            "targets": {"class": type(self.targets).__name__, **self.targets.options()},
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore P; the target settings must match this state's distribution."""
+        perm = torch.as_tensor(state["perm"], dtype=torch.int64)
+        if perm.shape != (self.num_images,):
+            raise ValueError(f"checkpoint permutation has {perm.numel()} entries, "
+                             f"the dataset {self.num_images} images")
+        if not torch.equal(torch.sort(perm).values, torch.arange(self.num_images)):
+            raise ValueError("checkpoint permutation is not a permutation")
+        saved = {k: v for k, v in state.get("targets", {}).items() if k != "class"}
+        if saved and saved != self.targets.options():
+            raise ValueError(f"checkpoint targets {saved} differ from {self.targets.options()}")
+        self.perm = perm.to(self.device)

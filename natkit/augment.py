@@ -1,0 +1,38 @@
+"""Batched augmentations on the device: random resized crops and horizontal flips."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def random_resized_crop(images: torch.Tensor, generator: torch.Generator,
+                        scale: Sequence[float] = (0.5, 1.0),
+                        ratio: Sequence[float] = (3 / 4, 4 / 3), flip: bool = True) -> torch.Tensor:
+    """Crop each image at a random area fraction and aspect ratio, resize back, maybe flip.
+
+    The random numbers come from ``generator`` on the CPU, so a batch is
+    augmented identically on any device.
+    """
+    n = images.shape[0]
+    u = torch.rand(n, 5, generator=generator, dtype=torch.float64)
+    area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
+    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
+    aspect = torch.exp(log_r)
+    w = torch.sqrt(area * aspect).clamp(max=1.0)  # half-widths in [-1, 1] coordinates
+    h = torch.sqrt(area / aspect).clamp(max=1.0)
+    cx = (1 - w) * (2 * u[:, 2] - 1)
+    cy = (1 - h) * (2 * u[:, 3] - 1)
+    sign = torch.where(u[:, 4] < 0.5, -1.0, 1.0) if flip else torch.ones(n, dtype=torch.float64)
+    theta = torch.zeros(n, 2, 3, dtype=torch.float64)
+    theta[:, 0, 0] = w * sign
+    theta[:, 0, 2] = cx
+    theta[:, 1, 1] = h
+    theta[:, 1, 2] = cy
+    theta = theta.to(images.device, images.dtype)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection",
+                         align_corners=False)

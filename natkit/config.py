@@ -1,0 +1,365 @@
+"""Run configuration: defaults in one place, YAML files, ``--set`` overrides, validation.
+
+A config is built in layers: the defaults below, then a YAML file, then
+command-line options, then ``--set key=value`` overrides (dotted keys, values
+parsed as YAML). Component sections (``data``, ``preprocess``, ``backbone``,
+``targets``, ``solver``) hold a ``name`` plus that component's own options,
+checked against its factory; their defaults live in the factory's signature.
+When a layer picks a different component ``name``, the options the earlier
+layers gave the old component are dropped.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import operator
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from natkit.errors import ConfigError, did_you_mean, format_choices
+from natkit.plugins import registry
+from natkit.registry import CONTEXT_PARAMS, coerce
+
+COMPONENT_SECTIONS = {
+    "data": "dataset",
+    "preprocess": "preprocess",
+    "backbone": "backbone",
+    "targets": "targets",
+    "solver": "solver",
+}
+
+
+def option(default: Any, help: str, **checks: float) -> Any:
+    """A config field with help text and optional bounds (``gt``, ``ge``, ``le``)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default),
+                     metadata={"help": help, **checks})
+    return field(default=default, metadata={"help": help, **checks})
+
+
+@dataclass
+class HeadConfig:
+    """The projection head between the backbone and the targets (or classes)."""
+
+    hidden: list[int] | None = option(
+        None, "hidden widths of the fc layers; null takes the backbone's own "
+              "(AlexNet: its fc6 and fc7, the paper's 4096-4096; timm models: none)")
+    dropout: float = option(0.5, "dropout before each hidden fc layer", ge=0.0, lt=1.0)
+    batchnorm: bool = option(True, "BatchNorm after each hidden fc layer (the authors' code)")
+
+
+@dataclass
+class NatConfig:
+    """Noise As Targets: how often, and how, targets are reassigned."""
+
+    permute_every: int = option(
+        3, "reassign targets in every batch of each k-th epoch (the paper: 3); 0 keeps P fixed",
+        ge=0)
+    cache_targets_mb: float = option(
+        1024.0, "keep the target bank in memory when it takes at most this many MB; "
+                "larger banks are regenerated per batch from (seed, id)", ge=0.0)
+
+
+@dataclass
+class SupervisedConfig:
+    """Supervised training on the same engine (the paper's Tables 1 and 2)."""
+
+    loss: Literal["softmax", "square"] = option(
+        "softmax", "softmax cross-entropy, or the square loss between L2-normalised outputs "
+                   "and one-hot classes")
+
+
+@dataclass
+class AugmentConfig:
+    """Augmentations applied on the device to every training batch."""
+
+    crop_scale: list[float] = option(
+        [0.5, 1.0], "random resized crop: range of the crop's area as a fraction of the image")
+    crop_ratio: list[float] = option([0.75, 1.3333], "random resized crop: aspect-ratio range")
+    flip: bool = option(True, "random horizontal flips")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation: plain SGD with the paper's step-size schedule."""
+
+    epochs: int = option(20, "training epochs", ge=1)
+    batch_size: int = option(256, "images per batch (and the size of each assignment problem)",
+                             ge=2)
+    lr: float = option(0.05, "base step size l0", gt=0.0)
+    momentum: float = option(0.9, "SGD momentum (the paper: 0)", ge=0.0, lt=1.0)
+    weight_decay: float = option(5e-4, "L2 weight decay", ge=0.0)
+    warmup_steps: int = option(50, "linear warm-up from 0 to lr over this many steps", ge=0)
+    lr_t0: int = option(
+        0, "steps at constant lr (after warm-up) before the decay l0 / (1 + gamma (t - t0))", ge=0)
+    lr_gamma: float = option(0.002, "decay rate gamma of l0 / (1 + gamma (t - t0)); 0 keeps lr "
+                                    "constant", ge=0.0)
+    split: str = option("train", "dataset split to train on (e.g. 'train+unlabeled' for stl10)")
+    num_workers: int = option(0, "DataLoader worker processes (0 loads in the main process)",
+                              ge=0)
+    amp: bool = option(False, "bfloat16 autocast on CUDA (ignored on the CPU)")
+    checkpoint_every: int = option(1, "write checkpoint.pt every this many epochs", ge=1)
+    log_every: int = option(10, "write a metrics.jsonl record every this many steps", ge=1)
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation of frozen features against the same network at random initialisation."""
+
+    enabled: bool = option(True, "evaluate after training")
+    probes: list[Literal["linear", "mlp", "knn"]] = option(
+        ["linear", "mlp", "knn"], "probes to run: linear, mlp, knn")
+    layer: str = option("last", "feature tap to probe: 'last' (the pooled output, conv5 "
+                                "for AlexNet) or a named tap such as conv3")
+    tap_pool: int = option(2, "intermediate taps are average-pooled to this grid size", ge=1)
+    val_fraction: float = option(
+        0.2, "fraction of the training split held out to choose probe settings", gt=0.0, lt=1.0)
+    linear_weight_decay: list[float] = option(
+        [1e-5, 1e-4, 1e-3, 1e-2, 1e-1], "L2 strengths tried by the linear probe")
+    linear_iterations: int = option(200, "L-BFGS iterations of the linear probe", ge=1)
+    mlp_hidden: int = option(512, "hidden width of the MLP probe (the paper: 4096)", ge=1)
+    mlp_weight_decay: list[float] = option([1e-5, 1e-3], "weight-decay grid of the MLP probe")
+    mlp_epochs: int = option(60, "epochs of the MLP probe", ge=1)
+    knn_k: list[int] = option([1, 5, 10, 20, 50], "neighbour counts tried by the kNN probe")
+    knn_temperature: float = option(0.07, "temperature of the kNN vote weights exp(sim / T)",
+                                    gt=0.0)
+    baseline: bool = option(True, "also probe the network at random initialisation "
+                                  "(BatchNorm statistics recomputed on the training images)")
+    plots: bool = option(True, "write loss.png, filters.png and neighbours.png")
+    batch_size: int = option(256, "batch size for feature extraction and probes", ge=1)
+
+
+@dataclass
+class Config:
+    """A whole run: components, objective, optimisation and evaluation."""
+
+    seed: int = option(0, "seed of the weights, the initial assignment, the targets, the data "
+                          "order and the augmentations", ge=0)
+    mode: Literal["nat", "supervised"] = option(
+        "nat", "nat: Noise As Targets; supervised: train on the labels (for the ablations)")
+    device: str = option("auto", "auto (CUDA when available), cpu, cuda or cuda:N")
+    deterministic: bool = option(False, "use only deterministic kernels (bit-exact resumes)")
+    data: dict[str, Any] = option({"name": "shapes"}, "dataset name and options")
+    preprocess: dict[str, Any] = option({"name": "sobel"}, "preprocessor name and options")
+    backbone: dict[str, Any] = option(
+        {"name": "alexnet", "widths": [32, 96, 192, 128, 128], "fc": [512, 512]},
+        "backbone name and options")
+    targets: dict[str, Any] = option({"name": "sphere", "dim": 128},
+                                     "target distribution name and options")
+    solver: dict[str, Any] = option({"name": "hungarian"}, "assignment solver name and options")
+    head: HeadConfig = field(default_factory=HeadConfig)
+    nat: NatConfig = field(default_factory=NatConfig)
+    supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain, YAML-ready copy."""
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- building
+
+
+def defaults() -> dict[str, Any]:
+    """The default config as a plain dict."""
+    return Config().to_dict()
+
+
+def merge(base: dict[str, Any], layer: dict[str, Any], *, rename: bool = True) -> dict[str, Any]:
+    """Deep-merge ``layer`` over ``base``; with ``rename``, a new component name drops old options."""
+    out = copy.deepcopy(base)
+    for key, value in layer.items():
+        old = out.get(key)
+        if isinstance(old, dict) and isinstance(value, dict):
+            renamed = (rename and key in COMPONENT_SECTIONS and "name" in value
+                       and value["name"] != old.get("name"))
+            out[key] = copy.deepcopy(value) if renamed else merge(old, value, rename=rename)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML config file (safe loader); the top level must be a mapping."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{path}' does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file '{path}' cannot be read: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError(f"config file '{path}'{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{path}': expected a mapping of keys, got "
+                          f"{type(data).__name__}")
+    return data
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """Turn ``'train.lr=0.1'`` into ``{'train': {'lr': 0.1}}`` (the value parsed as YAML)."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set '{text}': expected key=value, e.g. train.lr=0.1")
+    parts = key.split(".")
+    if any(not p.strip() or p != p.strip() for p in parts):
+        raise ConfigError(f"--set '{text}': '{key}' is not a dotted key such as train.lr")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"--set '{text}': '{raw}' is not a valid YAML value") from None
+    for part in reversed(parts):
+        value = {part: value}
+    return value
+
+
+def build(file: str | Path | None = None, overrides: list[str] | None = None, *,
+          base: dict[str, Any] | None = None, **components: Any) -> Config:
+    """``base`` (the defaults), then a YAML file, then component names, then ``key=value`` texts."""
+    data = defaults() if base is None else base
+    if file is not None:
+        data = merge(data, load_yaml(file))
+    for section, name in components.items():
+        if name is None:
+            continue
+        if section in COMPONENT_SECTIONS:
+            data = merge(data, {section: {"name": name}})
+        else:
+            data = merge(data, {section: name})
+    combined: dict[str, Any] = {}
+    for text in overrides or []:  # one layer, so the order of --set options does not matter
+        combined = merge(combined, parse_override(text), rename=False)
+    return resolve(merge(data, combined))
+
+
+# ---------------------------------------------------------------- validation
+
+
+def resolve(data: dict[str, Any]) -> Config:
+    """Validate a plain config and fill in every default; raises ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: expected a mapping, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(Config)}
+    for key in data:
+        if key not in known:
+            raise ConfigError(f"unknown config key '{key}'{did_you_mean(str(key), known)}; "
+                              f"valid: {format_choices(known)}")
+    config = _build_dataclass(Config, data, "")
+    for section, kind in COMPONENT_SECTIONS.items():
+        setattr(config, section, resolve_component(section, kind, getattr(config, section)))
+    for section in ("targets", "solver"):  # cheap to build: catch bad values now, not mid-run
+        spec = getattr(config, section)
+        registry(COMPONENT_SECTIONS[section]).create(spec["name"], **component_options(spec))
+    return config
+
+
+def _build_dataclass(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            names = [f"{prefix}{k}" for k in fields]
+            raise ConfigError(f"unknown config key '{prefix}{key}'"
+                              f"{did_you_mean(f'{prefix}{key}', names)}; valid: {format_choices(names)}")
+    values = {}
+    for name, f in fields.items():
+        where = f"{prefix}{name}"
+        if name not in data:
+            continue
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build_dataclass(hint, data[name], f"{where}.")
+            continue
+        value = coerce(data[name], hint, where)
+        _check_bounds(value, f.metadata, where)
+        values[name] = value
+    return cls(**values)
+
+
+_BOUNDS = {"gt": (operator.gt, ">"), "ge": (operator.ge, ">="),
+           "lt": (operator.lt, "<"), "le": (operator.le, "<=")}
+
+
+def _check_bounds(value: Any, meta: Any, where: str) -> None:
+    items = value if isinstance(value, list) else [value]
+    for item in items:
+        if not isinstance(item, (int, float)) or isinstance(item, bool):
+            continue
+        for key, (op, word) in _BOUNDS.items():
+            if key in meta and not op(item, meta[key]):
+                raise ConfigError(f"{where}: expected a value {word} {meta[key]}, got {item!r}")
+
+
+def resolve_component(section: str, kind: str, spec: Any) -> dict[str, Any]:
+    """Check a component section (name and options) and fill in the factory's defaults."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{section}: expected a mapping with a 'name', got {spec!r}")
+    if "name" not in spec:
+        raise ConfigError(f"{section}.name: missing (which {kind} to use)")
+    name = spec["name"]
+    if not isinstance(name, str):
+        raise ConfigError(f"{section}.name: expected a string, got {name!r}")
+    reg = registry(kind)
+    reg.lookup(name)  # unknown names fail here with the list of valid ones
+    params = reg.parameters(name)
+    context = CONTEXT_PARAMS.get(kind, frozenset())
+    hints = reg.type_hints(name)
+    resolved: dict[str, Any] = {"name": name}
+    for key, value in spec.items():
+        if key == "name":
+            continue
+        if key in context:
+            raise ConfigError(f"{section}.{key}: set by natkit from the other components; "
+                              "remove it")
+        if key not in params and not reg.accepts_extra(name):
+            raise ConfigError(
+                f"{section}.{key}: {kind} '{name}' has no option '{key}'"
+                f"{did_you_mean(str(key), params)}; valid: {format_choices(params) or '(none)'}"
+            )
+        value = coerce(value, hints[key], f"{section}.{key}") if key in hints else value
+        resolved[key] = list(value) if isinstance(value, tuple) else value  # YAML has no tuples
+    for key, p in params.items():
+        if key not in resolved:
+            if p.default is p.empty:
+                raise ConfigError(f"{section}.{key}: required by {kind} '{name}'")
+            resolved[key] = list(p.default) if isinstance(p.default, tuple) else p.default
+    return resolved
+
+
+def component_options(spec: dict[str, Any]) -> dict[str, Any]:
+    """A component section without its name: the keyword arguments for its factory."""
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in spec.items() if k != "name"}
+
+
+def dump(config: Config) -> str:
+    """The config as YAML text."""
+    return yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None)
+
+
+def difference(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two plain configs."""
+    keys = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            keys += difference(a, b, f"{prefix}{key}.")
+        elif a != b:
+            keys.append(f"{prefix}{key}")
+    return keys

@@ -1,0 +1,435 @@
+"""The training engine: one plain PyTorch loop for NAT and supervised runs.
+
+A :class:`Run` owns everything a run's result depends on: the network, the
+optimizer, the assignment state, the step counters and the random generators.
+All of it goes into one checkpoint, so a resumed run continues exactly where
+the checkpoint left off. The engine asks the registries for components and
+never imports a concrete one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from torch.utils.data import DataLoader
+
+import natkit
+from natkit import config as cfg
+from natkit.assignment import AssignmentState
+from natkit.augment import random_resized_crop
+from natkit.checkpoint import (
+    CHECKPOINT,
+    CONFIG,
+    METRICS,
+    atomic_write_text,
+    load_checkpoint,
+    read_metrics,
+    save_checkpoint,
+)
+from natkit.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
+from natkit.model import Network, ProjectionHead
+from natkit.plugins import get_host
+from natkit.progress import TrainingProgress
+from natkit.schedule import learning_rate
+from natkit.seeding import generator, seed_for
+
+CHECKPOINT_FORMAT = 1
+# Settings a resumed run may change: they do not alter what is computed.
+RESUMABLE_CHANGES = ("device", "train.epochs", "train.num_workers", "train.log_every",
+                     "train.checkpoint_every")
+
+
+def pick_device(spec: str) -> torch.device:
+    """Resolve ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` to an available device."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"device: '{spec}' is not a device; expected auto, cpu, cuda or cuda:N") \
+            from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: '{spec}' requested but CUDA is not available here; use cpu")
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device: '{spec}' is not supported; expected auto, cpu, cuda or cuda:N")
+    return device
+
+
+def load_dataset(config: cfg.Config, split: str) -> Any:
+    """One split of the configured dataset."""
+    spec = config.data
+    dataset = natkit.create_dataset(spec["name"], split=split, **cfg.component_options(spec))
+    if len(dataset) == 0:
+        raise DataError(f"data: the '{split}' split of {spec['name']} is empty")
+    return dataset
+
+
+def build_network(config: cfg.Config, dataset: Any, out_features: int) -> Network:
+    """Preprocessor, backbone and head for ``dataset``'s channels and image size."""
+    pre_spec, bb_spec = config.preprocess, config.backbone
+    preprocess = natkit.create_preprocess(pre_spec["name"], in_channels=dataset.channels,
+                                          **cfg.component_options(pre_spec))
+    backbone = natkit.create_backbone(bb_spec["name"], in_chans=preprocess.out_channels,
+                                      image_size=dataset.image_size,
+                                      **cfg.component_options(bb_spec))
+    hidden = config.head.hidden if config.head.hidden is not None else backbone.default_head
+    head = ProjectionHead(backbone.num_features, hidden, out_features,
+                          config.head.dropout, config.head.batchnorm)
+    normalize = config.mode == "nat" or config.supervised.loss == "square"
+    return Network(preprocess, backbone, head, normalize)
+
+
+def output_dim(config: cfg.Config, dataset: Any) -> int:
+    """The head's width: the target dimension, or the number of classes when supervised."""
+    if config.mode == "nat":
+        return int(config.targets["dim"])
+    return dataset.num_classes
+
+
+def initial_network(config: cfg.Config, dataset: Any) -> Network:
+    """The network exactly as a run with this config starts (its random initialisation)."""
+    torch.manual_seed(seed_for(config.seed, "init"))
+    return build_network(config, dataset, output_dim(config, dataset))
+
+
+def read_run_config(run_dir: Path) -> cfg.Config:
+    """The resolved config saved in a run directory."""
+    path = Path(run_dir) / CONFIG
+    if not Path(run_dir).is_dir():
+        raise CheckpointError(f"run directory '{run_dir}' does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"'{run_dir}' is not a natkit run directory (no {CONFIG})")
+    return cfg.resolve(cfg.load_yaml(path))
+
+
+def iterate_batches(dataset: Any, batches: torch.Tensor,
+                    num_workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield ``(images, indices, labels)`` for each row of ``batches`` (dataset indices)."""
+    if num_workers == 0:
+        for idx in batches:
+            yield dataset.get_batch(idx), idx, dataset.labels[idx]
+        return
+    loader = DataLoader(dataset, batch_sampler=batches.tolist(), num_workers=num_workers,
+                        persistent_workers=False, pin_memory=torch.cuda.is_available())
+    for images, idx, labels in loader:
+        yield images, idx, labels
+
+
+class Run:
+    """A training run: its directory, config, network, optimizer and assignment state."""
+
+    def __init__(self, config: cfg.Config, run_dir: Path, *, console: Console | None = None) -> None:
+        self.config = config
+        self.dir = Path(run_dir)
+        self.console = console or Console(stderr=True)
+        self.device = pick_device(config.device)
+        if config.deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+        self.dataset = load_dataset(config, config.train.split)
+        n = len(self.dataset)
+        if config.train.batch_size > n:
+            raise ConfigError(f"train.batch_size: {config.train.batch_size} is larger than the "
+                              f"{n} training images")
+        if config.mode == "supervised" and bool((self.dataset.labels < 0).any()):
+            raise ConfigError(f"mode: supervised training needs labels, but split "
+                              f"'{config.train.split}' has unlabeled images")
+        self.model = initial_network(config, self.dataset).to(self.device)
+        self.optimizer = torch.optim.SGD(
+            self.model.parameters(), lr=config.train.lr, momentum=config.train.momentum,
+            weight_decay=config.train.weight_decay)
+        self.assignment: AssignmentState | None = None
+        self.solver = None
+        if config.mode == "nat":
+            t_spec, s_spec = config.targets, config.solver
+            t_opts = cfg.component_options(t_spec)
+            if t_opts.get("seed") is None:
+                t_opts["seed"] = seed_for(config.seed, "targets") % 2**31
+            targets = natkit.create_targets(t_spec["name"], **t_opts)
+            self.solver = natkit.create_solver(s_spec["name"], **cfg.component_options(s_spec))
+            self.assignment = AssignmentState(
+                targets, n, generator=generator(config.seed, "assignment"), device=self.device,
+                cache_limit_mb=config.nat.cache_targets_mb)
+        self.epoch = 0  # completed epochs
+        self.step = 0  # optimizer steps taken
+        self.batch_in_epoch = 0  # batches of the current epoch already done
+        self.augment_generator = generator(config.seed, "augment")
+        torch.manual_seed(seed_for(config.seed, "train"))  # dropout
+        self.hook = get_host().hook
+        self._stop_requested = False
+        self._saved_epoch = 0
+
+    # ------------------------------------------------------------ checkpoints
+
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.dir / CHECKPOINT
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything the rest of the run depends on, as tensors and plain data."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "natkit_version": natkit.__version__,
+            "config": self.config.to_dict(),
+            "epoch": self.epoch,
+            "step": self.step,
+            "batch_in_epoch": self.batch_in_epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "assignment": self.assignment.state_dict() if self.assignment else None,
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+                "augment": self.augment_generator.get_state(),
+            },
+        }
+
+    def save(self) -> None:
+        """Write checkpoint.pt atomically."""
+        save_checkpoint(self.state_dict(), self.checkpoint_path)
+
+    def load(self, state: dict[str, Any]) -> None:
+        """Restore a checkpoint's state into this run."""
+        path = self.checkpoint_path
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"checkpoint '{path}' has format {state.get('format')!r}; "
+                                  f"this natkit reads format {CHECKPOINT_FORMAT}")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.assignment is not None:
+                if state.get("assignment") is None:
+                    raise ValueError("it holds no assignment state (a supervised run?)")
+                self.assignment.load_state_dict(state["assignment"])
+            rng = state["rng"]
+            torch.set_rng_state(rng["torch"])
+            if self.device.type == "cuda" and rng.get("cuda"):
+                torch.cuda.set_rng_state_all(rng["cuda"])
+            self.augment_generator.set_state(rng["augment"])
+            self.epoch, self.step = int(state["epoch"]), int(state["step"])
+            self.batch_in_epoch = int(state["batch_in_epoch"])
+        except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(
+                f"checkpoint '{path}' does not fit this run's config: {detail[:200]}"
+            ) from None
+
+    # ------------------------------------------------------------ training
+
+    def _lr(self) -> float:
+        t = self.config.train
+        return learning_rate(self.step, t.lr, warmup=t.warmup_steps, t0=t.lr_t0, gamma=t.lr_gamma)
+
+    def _epoch_batches(self, epoch: int) -> torch.Tensor:
+        """This epoch's batches of dataset indices (full batches only: BatchNorm needs b > 1)."""
+        n, b = len(self.dataset), self.config.train.batch_size
+        order = torch.randperm(n, generator=generator(self.config.seed, f"order/{epoch}"))
+        return order[: n - n % b].view(-1, b)
+
+    def reassigns_in(self, epoch: int) -> bool:
+        """Whether targets are reassigned during ``epoch`` (0-based)."""
+        k = self.config.nat.permute_every
+        return self.config.mode == "nat" and k > 0 and epoch % k == 0
+
+    def _loss(self, out: torch.Tensor, indices: torch.Tensor, labels: torch.Tensor,
+              reassign: bool) -> tuple[torch.Tensor, dict[str, Any] | None]:
+        if self.assignment is not None:
+            update = None
+            if reassign:
+                try:
+                    update = self.assignment.reassign(indices, out.detach(), self.solver)
+                except FloatingPointError:
+                    raise self._diverged("the features") from None
+            targets = self.assignment.targets_of(indices).to(out)
+            loss = (out - targets).pow(2).sum(dim=1).mean()
+            if update is None:
+                return loss, None
+            return loss, {"changed": update.changed, "cost_before": update.cost_before,
+                          "cost_after": update.cost_after}
+        labels = labels.to(out.device)
+        if self.config.supervised.loss == "softmax":
+            return F.cross_entropy(out, labels), None
+        one_hot = F.one_hot(labels, out.shape[1]).to(out)
+        return (out - one_hot).pow(2).sum(dim=1).mean(), None
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        kept = (f"the last good checkpoint (epoch {self._saved_epoch}) is kept in "
+                f"{self.checkpoint_path}" if self.checkpoint_path.exists() else "no checkpoint yet")
+        return TrainingDiverged(f"{what} became NaN or infinite at step {self.step} (epoch "
+                                f"{self.epoch + 1}); {kept}; try a lower train.lr")
+
+    def train_step(self, images: torch.Tensor, indices: torch.Tensor, labels: torch.Tensor,
+                   reassign: bool) -> tuple[torch.Tensor, dict[str, Any] | None]:
+        """Augment, forward, (reassign,) compute the loss and take one SGD step."""
+        a = self.config.augment
+        x = random_resized_crop(images.to(self.device, non_blocking=True), self.augment_generator,
+                                a.crop_scale, a.crop_ratio, a.flip)
+        amp = self.config.train.amp and self.device.type == "cuda"
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+            out = self.model(x)
+        loss, reassigned = self._loss(out.float(), indices, labels, reassign)
+        if not torch.isfinite(loss):
+            raise self._diverged("the loss")
+        lr = self._lr()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.step += 1
+        return loss.detach(), reassigned
+
+    def _request_stop(self, signum: int, frame: Any) -> None:
+        self._stop_requested = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C is immediate
+
+    @contextlib.contextmanager
+    def _interruptible(self) -> Iterator[None]:
+        try:
+            previous = signal.signal(signal.SIGINT, self._request_stop)
+        except ValueError:  # not the main thread: no signal handling
+            yield
+            return
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
+    def train(self) -> bool:
+        """Train to ``train.epochs``; returns False if interrupted (a checkpoint is saved)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self._saved_epoch = self.epoch if self.checkpoint_path.exists() else 0
+        self.hook.on_run_start(run=self)
+        total = self.config.train.epochs
+        with self._interruptible(), open(self.dir / METRICS, "a") as metrics, \
+                TrainingProgress(self.console, total) as progress:
+            while self.epoch < total:
+                if not self._train_epoch(metrics, progress):
+                    self.save()
+                    progress.log(f"interrupted: checkpoint saved at step {self.step}; "
+                                 f"resume with: natkit run --resume {self.dir}")
+                    return False
+        return True
+
+    def _train_epoch(self, metrics: Any, progress: TrainingProgress) -> bool:
+        epoch, t = self.epoch, self.config.train
+        batches = self._epoch_batches(epoch)
+        reassign = self.reassigns_in(epoch)
+        progress.start_epoch(epoch, len(batches), self.batch_in_epoch)
+        sums = {"loss": torch.zeros((), device=self.device), "changed": 0.0, "reassigned": 0}
+        started = window_start = time.perf_counter()
+        window_images = 0
+        done_here = 0
+        stream = iterate_batches(self.dataset, batches[self.batch_in_epoch:], t.num_workers)
+        for images, indices, labels in stream:
+            loss, reassigned = self.train_step(images, indices, labels, reassign)
+            self.batch_in_epoch += 1
+            done_here += 1
+            window_images += len(indices)
+            sums["loss"] += loss
+            if reassigned is not None:
+                sums["changed"] += reassigned["changed"]
+                sums["reassigned"] += 1
+                self.hook.on_reassign(run=self, metrics={"epoch": epoch, "step": self.step,
+                                                         **reassigned})
+            record = None
+            if self.step % t.log_every == 0:
+                now = time.perf_counter()
+                speed = window_images / max(now - window_start, 1e-9)
+                record = {"kind": "step", "epoch": epoch, "step": self.step,
+                          "loss": float(loss), "lr": self._lr(), "images_per_s": speed}
+                metrics.write(json.dumps(record) + "\n")
+                metrics.flush()
+                window_start, window_images = now, 0
+            self.hook.on_step_end(run=self, metrics=record or {"epoch": epoch, "step": self.step})
+            progress.advance(record["loss"] if record else None, self._lr(),
+                             record["images_per_s"] if record else None)
+            if self._stop_requested:
+                return False
+        seconds = time.perf_counter() - started
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        summary = {
+            "kind": "epoch", "epoch": epoch, "step": self.step,
+            "loss": float(sums["loss"]) / max(done_here, 1),
+            "changed": sums["changed"] / sums["reassigned"] if sums["reassigned"] else None,
+            "lr": self._lr(), "seconds": seconds,
+            "images_per_s": done_here * t.batch_size / max(seconds, 1e-9),
+        }
+        metrics.write(json.dumps(summary) + "\n")  # before the checkpoint: see _truncate_metrics
+        metrics.flush()
+        if self.epoch % t.checkpoint_every == 0 or self.epoch == t.epochs:
+            self.save()
+            self._saved_epoch = self.epoch
+        changed = (f"  changed {summary['changed']:.1%}" if summary["changed"] is not None else "")
+        progress.log(f"epoch {self.epoch}/{t.epochs}  loss {summary['loss']:.4f}{changed}  "
+                     f"lr {summary['lr']:.4g}  {summary['images_per_s']:,.0f} img/s  "
+                     f"{seconds:.1f} s")
+        self.hook.on_epoch_end(run=self, metrics=summary)
+        return not self._stop_requested
+
+
+# ---------------------------------------------------------------- starting and resuming
+
+
+def start(config: cfg.Config, run_dir: Path, *, console: Console | None = None) -> Run:
+    """Create a run directory (refusing one that already holds a run) and a fresh run."""
+    run_dir = Path(run_dir)
+    if (run_dir / CHECKPOINT).exists() or (run_dir / CONFIG).exists():
+        raise ConfigError(f"--out: '{run_dir}' already holds a run; resume it with "
+                          f"--resume {run_dir} or choose another directory")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"--out: '{run_dir}' exists and is not a directory")
+    run = Run(config, run_dir, console=console)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / CONFIG, cfg.dump(config))
+    (run_dir / METRICS).unlink(missing_ok=True)
+    return run
+
+
+def resume(run_dir: Path, changes: cfg.Config | None = None, *,
+           console: Console | None = None) -> Run:
+    """Reopen a run from its checkpoint; ``changes`` may alter only RESUMABLE_CHANGES."""
+    run_dir = Path(run_dir)
+    saved = read_run_config(run_dir)
+    state = load_checkpoint(run_dir / CHECKPOINT) if (run_dir / CHECKPOINT).exists() else None
+    if state is not None and state.get("config") is not None:
+        edited = cfg.difference(state["config"], saved.to_dict())
+        if edited:
+            raise CheckpointError(f"'{run_dir / CONFIG}' no longer matches its checkpoint "
+                                  f"({edited[0]} differs); restore it or start a new run")
+    config = saved
+    if changes is not None:
+        changed = cfg.difference(saved.to_dict(), changes.to_dict())
+        fixed = [k for k in changed if k not in RESUMABLE_CHANGES]
+        if fixed:
+            raise ConfigError(f"--resume: {fixed[0]} differs from the run's config.yaml; a resumed "
+                              f"run may only change {', '.join(RESUMABLE_CHANGES)}")
+        config = changes
+    run = Run(config, run_dir, console=console)
+    if state is not None:
+        run.load(state)
+    _truncate_metrics(run_dir / METRICS, run.step)
+    if changes is not None:
+        atomic_write_text(run_dir / CONFIG, cfg.dump(config))
+    return run
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop records written after the checkpoint, which the resumed run will write again."""
+    if not path.exists():
+        return
+    kept = [r for r in read_metrics(path) if r.get("step", 0) <= step]
+    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
+

@@ -1,0 +1,57 @@
+"""Frozen features of a network, and the BatchNorm recalibration a fair baseline needs."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+def _index_batches(n: int, batch_size: int) -> list[torch.Tensor]:
+    return list(torch.arange(n).split(batch_size))
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, dataset: object, device: torch.device,
+                          batch_size: int = 256) -> int:
+    """Recompute every BatchNorm's running statistics of ``model.backbone`` on ``dataset``.
+
+    A randomly initialised network still holds BatchNorm's default statistics
+    (mean 0, variance 1), which are wrong for its activations; probing it that
+    way understates it badly. The statistics become exact averages over the
+    unaugmented images. Returns the number of BatchNorm layers updated.
+    """
+    backbone = model.backbone
+    layers = [m for m in backbone.modules() if isinstance(m, _BatchNorm)]
+    saved = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over all batches
+    backbone.train()
+    try:
+        for idx in _index_batches(len(dataset), batch_size):
+            backbone(model.preprocess(dataset.get_batch(idx).to(device)))
+    finally:
+        for m, momentum in zip(layers, saved, strict=True):
+            m.momentum = momentum
+        model.eval()
+    return len(layers)
+
+
+@torch.no_grad()
+def extract_features(model: nn.Module, dataset: object, layer: str, device: torch.device,
+                     batch_size: int = 256, tap_pool: int = 2) -> torch.Tensor:
+    """Features of every image at tap ``layer``, float32 ``[n, d]`` on the CPU.
+
+    ``last`` is the backbone's pooled output; an intermediate map is
+    average-pooled to ``tap_pool`` x ``tap_pool`` and flattened.
+    """
+    model.eval()
+    chunks = []
+    for idx in _index_batches(len(dataset), batch_size):
+        out = model.taps(dataset.get_batch(idx).to(device), [layer])[layer]
+        if out.ndim == 4:
+            out = F.adaptive_avg_pool2d(out, tap_pool)
+        chunks.append(out.flatten(1).float().cpu())
+    return torch.cat(chunks)

@@ -1,0 +1,105 @@
+"""Figures of a run: the loss curve, the first-layer filters and nearest neighbours."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display is needed or assumed
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def plot_loss(records: list[dict[str, Any]], path: Path) -> None:
+    """Training loss per step, and the fraction of reassigned targets per epoch."""
+    steps = [r for r in records if r.get("kind") == "step"]
+    epochs = [r for r in records if r.get("kind") == "epoch"]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if steps:
+        ax.plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=1, alpha=0.6,
+                label="loss (per logged step)")
+    if epochs:
+        ax.plot([r["step"] for r in epochs], [r["loss"] for r in epochs], "o-", lw=2,
+                label="loss (epoch mean)")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    changed = [(r["step"], r["changed"]) for r in epochs if r.get("changed") is not None]
+    if changed:
+        ax2 = ax.twinx()
+        ax2.plot([s for s, _ in changed], [c for _, c in changed], "s--", color="tab:orange",
+                 label="targets changed (reassignment epochs)")
+        ax2.set_ylabel("fraction of targets changed")
+        ax2.set_ylim(0, 1)
+        ax2.legend(loc="upper center", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)
+    ax.set_title("training")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def first_conv(module: nn.Module) -> nn.Conv2d | None:
+    """The first Conv2d of a module, in registration order."""
+    return next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
+
+
+def plot_filters(model: nn.Module, path: Path, limit: int = 96) -> bool:
+    """Draw conv1's filters, composed with the preprocessor when it is linear (e.g. Sobel)."""
+    conv = first_conv(model.backbone)
+    if conv is None:
+        return False
+    weight = conv.weight.detach().float().cpu()
+    composed = model.preprocess.compose_filters(weight)
+    title = "conv1 filters" + (" (composed with the preprocessor)" if composed is not None else "")
+    filters = composed if composed is not None else weight
+    filters = filters[:limit]
+    if filters.shape[1] not in (1, 3):
+        filters = filters[:, :1]
+    cols = min(16, len(filters))
+    rows = math.ceil(len(filters) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.7, rows * 0.7 + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, f in zip(axes.flat, filters, strict=False):
+        lo, hi = f.min(), f.max()
+        img = ((f - lo) / (hi - lo + 1e-12)).permute(1, 2, 0).numpy()
+        ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray",
+                  interpolation="nearest")
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def plot_neighbours(train_set: Any, test_set: Any, train_x: torch.Tensor,
+                    test_x: torch.Tensor, path: Path, queries: int = 8, k: int = 6,
+                    seed: int = 0) -> None:
+    """For random test images, their ``k`` nearest training images in feature space."""
+    g = torch.Generator().manual_seed(seed)
+    picks = torch.randperm(len(test_set), generator=g)[:queries]
+    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
+    bank = F.normalize((train_x - mean) / std, dim=1)
+    query = F.normalize((test_x[picks] - mean) / std, dim=1)
+    nearest = (query @ bank.t()).topk(min(k, len(bank)), dim=1).indices
+    fig, axes = plt.subplots(len(picks), k + 1, figsize=((k + 1) * 1.1, len(picks) * 1.1),
+                             squeeze=False)
+    for row, (q, nn_idx) in enumerate(zip(picks.tolist(), nearest, strict=True)):
+        images = [test_set.get_batch(torch.tensor([q]))[0]]
+        images += [train_set.get_batch(torch.tensor([int(i)]))[0] for i in nn_idx]
+        for col, img in enumerate(images):
+            ax = axes[row, col]
+            shown = img.permute(1, 2, 0).clamp(0, 1).numpy()
+            ax.imshow(shown.squeeze(-1) if shown.shape[-1] == 1 else shown, cmap="gray")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title("query" if col == 0 else f"#{col}", fontsize=8)
+    fig.suptitle("nearest training images of test queries (frozen features)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,179 @@
+"""The training engine: files, reassignment order, schedules, resumes and divergence."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import natkit
+from natkit import engine
+from natkit.checkpoint import load_checkpoint, read_metrics
+from natkit.errors import CheckpointError, ConfigError, TrainingDiverged
+from natkit.schedule import learning_rate
+
+
+def assert_same_state(a, b, path="state"):
+    """Recursively equal, tensors bit for bit."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for k in a:
+            assert_same_state(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same_state(x, y, f"{path}[{i}]")
+    else:
+        assert a == b, path
+
+
+def test_a_run_writes_config_metrics_and_a_safe_checkpoint(tiny_config, tmp_path):
+    run = engine.start(tiny_config(), tmp_path / "run")
+    assert run.train()
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")  # weights_only=True inside
+    assert state["epoch"] == 2 and state["step"] == 2 * (64 // 16)
+    assert state["natkit_version"] == natkit.__version__
+    assert torch.equal(torch.sort(state["assignment"]["perm"]).values, torch.arange(64))
+    records = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    epochs = [r for r in records if r["kind"] == "epoch"]
+    assert [r["epoch"] for r in epochs] == [0, 1]
+    assert epochs[0]["changed"] > 0 and epochs[1]["changed"] is None  # permute_every = 3
+    assert all(r["loss"] > 0 for r in records)
+    assert (tmp_path / "run" / "config.yaml").read_text().startswith("seed: 0")
+
+
+def test_targets_are_reassigned_before_the_loss_is_taken(tiny_config, tmp_path):
+    run = engine.Run(tiny_config(), tmp_path)
+    idx = torch.arange(16)
+    out = torch.nn.functional.normalize(torch.randn(16, 8), dim=1)
+    old = run.assignment.targets_of(idx).clone()
+    loss, info = run._loss(out, idx, torch.zeros(16, dtype=torch.int64), reassign=True)
+    new = run.assignment.targets_of(idx)
+    assert info["changed"] > 0 and not torch.equal(new, old)
+    torch.testing.assert_close(loss, (out - new).pow(2).sum(1).mean())
+    assert loss < (out - old).pow(2).sum(1).mean()
+
+
+@pytest.mark.parametrize("every, changes", [(0, [False, False]), (1, [True, True]),
+                                            (2, [True, False])])
+def test_permute_every_controls_which_epochs_reassign(tiny_config, tmp_path, every, changes):
+    run = engine.start(tiny_config(f"nat.permute_every={every}"), tmp_path / "run")
+    start = run.assignment.perm.clone()
+    assert [run.reassigns_in(e) for e in range(2)] == changes
+    run.train()
+    assert (not torch.equal(run.assignment.perm, start)) == any(changes)
+
+
+def test_schedule_warms_up_holds_then_decays_as_in_the_paper():
+    lrs = [learning_rate(t, 0.1, warmup=4, t0=3, gamma=0.5) for t in range(10)]
+    assert lrs[:4] == pytest.approx([0.025, 0.05, 0.075, 0.1])
+    assert lrs[4:7] == pytest.approx([0.1] * 3)
+    assert lrs[7:] == pytest.approx([0.1 / (1 + 0.5 * k) for k in range(3)])
+    assert learning_rate(100, 0.1) == 0.1  # gamma 0: constant
+
+
+def test_resume_at_an_epoch_boundary_equals_an_uninterrupted_run(tiny_config, tmp_path):
+    full = engine.start(tiny_config("train.epochs=3"), tmp_path / "full")
+    full.train()
+    part = engine.start(tiny_config("train.epochs=1"), tmp_path / "part")
+    part.train()
+    resumed = engine.resume(tmp_path / "part", tiny_config("train.epochs=3"))
+    assert (resumed.epoch, resumed.step) == (1, 4)
+    resumed.train()
+    assert_same_state(load_checkpoint(tmp_path / "part" / "checkpoint.pt"),
+                      load_checkpoint(tmp_path / "full" / "checkpoint.pt"))
+
+
+class StopAfter:
+    """A plugin that asks the run to stop after a given step, as Ctrl-C does."""
+
+    def __init__(self, step):
+        self.step = step
+
+    @natkit.hookimpl
+    def on_step_end(self, run, metrics):
+        if run.step == self.step:
+            run._stop_requested = True
+
+
+def test_an_interrupted_run_saves_mid_epoch_and_resumes_exactly(tiny_config, tmp_path, host):
+    full = engine.start(tiny_config(), tmp_path / "full")
+    full.train()
+    host.register(StopAfter(step=6), name="stopper")
+    part = engine.start(tiny_config(), tmp_path / "part")
+    assert part.train() is False
+    host.unregister("stopper")
+    state = load_checkpoint(tmp_path / "part" / "checkpoint.pt")
+    assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (1, 2, 6)
+    resumed = engine.resume(tmp_path / "part")
+    resumed.train()
+    assert_same_state(load_checkpoint(tmp_path / "part" / "checkpoint.pt"),
+                      load_checkpoint(tmp_path / "full" / "checkpoint.pt"))
+    steps = [r["step"] for r in read_metrics(tmp_path / "part" / "metrics.jsonl")
+             if r["kind"] == "step"]
+    assert steps == sorted(set(steps))  # nothing logged twice across the resume
+
+
+def test_resume_refuses_a_changed_config(tiny_config, tmp_path):
+    engine.start(tiny_config("train.epochs=1"), tmp_path / "run").train()
+    with pytest.raises(ConfigError, match="train.lr differs from the run's config.yaml"):
+        engine.resume(tmp_path / "run", tiny_config("train.lr=0.5"))
+    config_file = tmp_path / "run" / "config.yaml"
+    config_file.write_text(config_file.read_text().replace("lr: 0.05", "lr: 0.07"))
+    with pytest.raises(CheckpointError, match="no longer matches its checkpoint"):
+        engine.resume(tmp_path / "run")
+
+
+def test_start_refuses_a_directory_that_holds_a_run(tiny_config, tmp_path):
+    engine.start(tiny_config(), tmp_path / "run")
+    with pytest.raises(ConfigError, match="already holds a run; resume it with --resume"):
+        engine.start(tiny_config(), tmp_path / "run")
+
+
+class PoisonWeights:
+    """A plugin that turns the weights to NaN after a given step."""
+
+    def __init__(self, step):
+        self.step = step
+
+    @natkit.hookimpl
+    def on_step_end(self, run, metrics):
+        if run.step == self.step:
+            with torch.no_grad():
+                for p in run.model.parameters():
+                    p.fill_(float("nan"))
+
+
+def test_a_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
+        tiny_config, tmp_path, host):
+    run = engine.start(tiny_config("train.epochs=3", "nat.permute_every=2"), tmp_path / "run")
+    host.register(PoisonWeights(step=5), name="poison")
+    with pytest.raises(TrainingDiverged, match=r"step 5 \(epoch 2\).*last good checkpoint "
+                                               r"\(epoch 1\)"):
+        run.train()
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+def test_supervised_mode_trains_on_labels_with_either_loss(tiny_config, tmp_path):
+    for loss in ("softmax", "square"):
+        run = engine.start(tiny_config("mode=supervised", f"supervised.loss={loss}"),
+                           tmp_path / loss)
+        assert run.assignment is None and run.train()
+        assert run.model.head[-1].out_features == 10
+        assert run.model.normalize == (loss == "square")
+
+
+def test_batch_larger_than_the_dataset_is_refused(tiny_config, tmp_path):
+    with pytest.raises(ConfigError, match="train.batch_size: 128 is larger than the 64"):
+        engine.start(tiny_config("train.batch_size=128"), tmp_path / "run")
+
+
+def test_metrics_are_json_lines(tiny_config, tmp_path):
+    engine.start(tiny_config("train.epochs=1"), tmp_path / "run").train()
+    for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines():
+        assert isinstance(json.loads(line), dict)

@@ -1,0 +1,111 @@
+"""Evaluation: BatchNorm recalibration, probes chosen on validation, results files and plots."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from natkit import engine
+from natkit.evaluation.features import extract_features, recalibrate_batchnorm
+from natkit.evaluation.probes import knn_probe, linear_probe, mlp_probe, standardize
+from natkit.evaluation.protocol import evaluate_run
+
+
+def blobs(n=300, d=10, classes=3, spread=0.3, seed=0):
+    """Gaussian clusters around fixed centres; ``seed`` draws the samples."""
+    centres = torch.randn(classes, d, generator=torch.Generator().manual_seed(99)) * 3
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % classes
+    return centres[y] + spread * torch.randn(n, d, generator=g), y
+
+
+def test_recalibrated_statistics_are_the_true_batch_statistics(tiny_config, tmp_path):
+    config = tiny_config()
+    dataset = engine.load_dataset(config, "train")
+    net = engine.initial_network(config, dataset)
+    bn = net.backbone.conv1[1]
+    assert torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))  # default stats
+    recalibrate_batchnorm(net, dataset, torch.device("cpu"), batch_size=16)
+    with torch.no_grad():
+        conv = net.backbone.conv1[0](net.preprocess(dataset.get_batch(torch.arange(64))))
+    torch.testing.assert_close(bn.running_mean, conv.mean(dim=(0, 2, 3)), atol=1e-5, rtol=1e-4)
+    assert not net.training and bn.momentum == 0.1  # restored, ready to extract
+
+
+def test_features_come_from_the_requested_tap(tiny_config):
+    config = tiny_config()
+    dataset = engine.load_dataset(config, "test")
+    net = engine.initial_network(config, dataset)
+    last = extract_features(net, dataset, "last", torch.device("cpu"), 16)
+    conv3 = extract_features(net, dataset, "conv3", torch.device("cpu"), 16, tap_pool=2)
+    assert last.shape == (40, net.backbone.num_features)
+    assert conv3.shape == (40, 8 * 2 * 2)
+
+
+def test_standardize_uses_only_the_fitting_statistics():
+    fit, other = torch.randn(100, 4) * 5 + 3, torch.randn(10, 4)
+    fit_s, other_s = standardize(fit, other)
+    torch.testing.assert_close(fit_s.mean(0), torch.zeros(4), atol=1e-5, rtol=0)
+    torch.testing.assert_close(other_s, (other - fit.mean(0)) / fit.std(0))
+
+
+@pytest.mark.parametrize("probe", ["linear", "mlp", "knn"])
+def test_probes_separate_separable_data(probe):
+    x, y = blobs()
+    tx, ty = blobs(seed=1)
+    kwargs = {"linear": {"weight_decays": [1e-4]}, "knn": {"ks": [1, 5]},
+              "mlp": {"weight_decays": [1e-4], "hidden": 32, "epochs": 50, "batch_size": 64}}[probe]
+    fn = {"linear": linear_probe, "mlp": mlp_probe, "knn": knn_probe}[probe]
+    result = fn(x, y, tx[:90], ty[:90], **kwargs)
+    assert result.accuracy > 0.95 and result.val_accuracy > 0.95
+
+
+def test_settings_are_chosen_on_validation_never_on_the_test_labels():
+    x, y = blobs(spread=3.0)
+    tx, ty = blobs(spread=3.0, seed=1)
+    real = knn_probe(x, y, tx, ty, ks=[1, 5, 25, 50])
+    shuffled = knn_probe(x, y, tx, ty[torch.randperm(len(ty))], ks=[1, 5, 25, 50])
+    assert real.setting == shuffled.setting  # the test labels cannot move the choice
+    assert real.val_accuracy == shuffled.val_accuracy
+    assert real.accuracy > shuffled.accuracy
+
+
+def test_linear_probe_trains_its_weights():
+    """The failure of some ports: a 'linear eval' whose optimizer never steps."""
+    x, y = blobs(spread=1.0)
+    result = linear_probe(x, y, x, y, weight_decays=[0.0], iterations=30)
+    assert result.accuracy > 0.9  # chance is 1/3
+
+
+def test_evaluate_run_writes_results_details_and_plots(tiny_config, tmp_path):
+    run = engine.start(tiny_config(), tmp_path / "run")
+    run.train()
+    out = evaluate_run(tmp_path / "run")
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(results) == {"linear", "mlp", "knn"}
+    for accs in results.values():
+        assert set(accs) == {"trained", "random_init"}
+        assert all(0.0 <= v <= 1.0 for v in accs.values())
+    details = json.loads((tmp_path / "run" / "eval.json").read_text())
+    assert details["probes"]["knn"]["trained"]["setting"]["k"] in (1, 3)
+    assert out["results"] == results
+    for name in ("loss.png", "filters.png", "neighbours.png"):
+        assert (tmp_path / "run" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_supervised_reports_the_classifier(tiny_config, tmp_path):
+    run = engine.start(tiny_config("mode=supervised", "eval.probes=[knn]", "eval.plots=false"),
+                       tmp_path / "run")
+    run.train()
+    details = evaluate_run(tmp_path / "run")["details"]
+    assert 0.0 <= details["classifier_accuracy"] <= 1.0
+    assert not (tmp_path / "run" / "loss.png").exists()
+
+
+def test_evaluation_is_repeatable(tiny_config, tmp_path):
+    run = engine.start(tiny_config("eval.probes=[linear,knn]", "eval.plots=false"),
+                       tmp_path / "run")
+    run.train()
+    assert evaluate_run(tmp_path / "run")["results"] == evaluate_run(tmp_path / "run")["results"]
