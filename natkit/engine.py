@@ -146,6 +146,10 @@ class Run:
             raise ConfigError(f"mode: supervised training needs labels, but split "
                               f"'{config.train.split}' has unlabeled images")
         self.model = initial_network(config, self.dataset).to(self.device)
+        taps = self.model.backbone.tap_names
+        if config.eval.enabled and config.eval.layer not in taps:  # fail now, not after training
+            raise ConfigError(f"eval.layer: '{config.eval.layer}' is not a tap of backbone "
+                              f"'{config.backbone['name']}'; valid: {', '.join(taps)}")
         self.optimizer = torch.optim.SGD(
             self.model.parameters(), lr=config.train.lr, momentum=config.train.momentum,
             weight_decay=config.train.weight_decay)
@@ -220,7 +224,10 @@ class Run:
             self.epoch, self.step = int(state["epoch"]), int(state["step"])
             self.batch_in_epoch = int(state["batch_in_epoch"])
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+            if len(lines) > 1 and lines[0].startswith("Error(s) in loading"):
+                lines = lines[1:]  # torch's header says nothing about what differs
+            detail = lines[0] if lines else type(exc).__name__
             raise CheckpointError(
                 f"checkpoint '{path}' does not fit this run's config: {detail[:200]}"
             ) from None
@@ -403,6 +410,8 @@ def resume(run_dir: Path, changes: cfg.Config | None = None, *,
     """Reopen a run from its checkpoint; ``changes`` may alter only RESUMABLE_CHANGES."""
     run_dir = Path(run_dir)
     saved = read_run_config(run_dir)
+    for stale in run_dir.glob(".*.tmp-*"):  # a write cut short by a kill; the old file is intact
+        stale.unlink()
     state = load_checkpoint(run_dir / CHECKPOINT) if (run_dir / CHECKPOINT).exists() else None
     if state is not None and state.get("config") is not None:
         edited = cfg.difference(state["config"], saved.to_dict())

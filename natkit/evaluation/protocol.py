@@ -82,7 +82,7 @@ def evaluate(config: cfg.Config, model_state: dict[str, torch.Tensor], *,
     features: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for which, net in networks.items():
         net.to(device).eval()
-        if net.backbone.tap_names and e.layer not in net.backbone.tap_names:
+        if e.layer not in net.backbone.tap_names:
             raise ConfigError(f"eval.layer: '{e.layer}' is not a tap of this backbone; valid: "
                               f"{', '.join(net.backbone.tap_names)}")
         if which == "random_init":

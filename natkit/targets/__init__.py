@@ -1,5 +1,5 @@
 """Target distributions: pure functions from target ids to unit vectors."""
 
-from natkit.targets.base import Targets, hashed_normal
+from natkit.targets.base import Targets, hashed_normal, hashed_uniform
 
-__all__ = ["Targets", "hashed_normal"]
+__all__ = ["Targets", "hashed_normal", "hashed_uniform"]
