@@ -47,8 +47,8 @@ class HeadConfig:
     """The projection head between the backbone and the targets (or classes)."""
 
     hidden: list[int] | None = option(
-        None, "hidden widths of the fc layers; null takes the backbone's own "
-              "(AlexNet: its fc6 and fc7, the paper's 4096-4096; timm models: none)")
+        [], "hidden widths of the fc layers; [] is a linear projection (the tuned small-scale "
+            "default); null takes the backbone's own (AlexNet: the paper's fc6-fc7, 4096-4096)")
     dropout: float = option(0.5, "dropout before each hidden fc layer", ge=0.0, lt=1.0)
     batchnorm: bool = option(True, "BatchNorm after each hidden fc layer (the authors' code)")
 
@@ -88,7 +88,7 @@ class AugmentConfig:
 class TrainConfig:
     """Optimisation: plain SGD with the paper's step-size schedule."""
 
-    epochs: int = option(20, "training epochs", ge=1)
+    epochs: int = option(40, "training epochs", ge=1)
     batch_size: int = option(256, "images per batch (and the size of each assignment problem)",
                              ge=2)
     lr: float = option(0.05, "base step size l0", gt=0.0)
@@ -146,10 +146,9 @@ class Config:
     deterministic: bool = option(False, "use only deterministic kernels (bit-exact resumes)")
     data: dict[str, Any] = option({"name": "shapes"}, "dataset name and options")
     preprocess: dict[str, Any] = option({"name": "sobel"}, "preprocessor name and options")
-    backbone: dict[str, Any] = option(
-        {"name": "alexnet", "widths": [32, 96, 192, 128, 128], "fc": [512, 512]},
-        "backbone name and options")
-    targets: dict[str, Any] = option({"name": "sphere", "dim": 128},
+    backbone: dict[str, Any] = option({"name": "alexnet", "widths": [32, 96, 192, 128, 128]},
+                                      "backbone name and options")
+    targets: dict[str, Any] = option({"name": "sphere", "dim": 32},
                                      "target distribution name and options")
     solver: dict[str, Any] = option({"name": "hungarian"}, "assignment solver name and options")
     head: HeadConfig = field(default_factory=HeadConfig)

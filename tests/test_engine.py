@@ -177,3 +177,13 @@ def test_metrics_are_json_lines(tiny_config, tmp_path):
     engine.start(tiny_config("train.epochs=1"), tmp_path / "run").train()
     for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines():
         assert isinstance(json.loads(line), dict)
+
+
+def test_a_null_head_takes_the_backbones_own_fc_layers(tiny_config, tmp_path):
+    run = engine.Run(tiny_config("head.hidden=null"), tmp_path)
+    layers = [type(m).__name__ for m in run.model.head]
+    assert layers == ["Dropout", "Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert run.model.head[1].out_features == 16  # backbone.fc=[16] in the tiny config
+    assert run.model.head[-1].out_features == 8  # targets.dim
+    linear = engine.Run(tiny_config(), tmp_path / "linear")
+    assert [type(m).__name__ for m in linear.model.head] == ["Linear"]

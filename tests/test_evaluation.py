@@ -59,7 +59,7 @@ def test_probes_separate_separable_data(probe):
               "mlp": {"weight_decays": [1e-4], "hidden": 32, "epochs": 50, "batch_size": 64}}[probe]
     fn = {"linear": linear_probe, "mlp": mlp_probe, "knn": knn_probe}[probe]
     result = fn(x, y, tx[:90], ty[:90], **kwargs)
-    assert result.accuracy > 0.95 and result.val_accuracy > 0.95
+    assert result.accuracy > 0.95 and result.val_accuracy > 0.95 and result.train_accuracy > 0.95
 
 
 def test_settings_are_chosen_on_validation_never_on_the_test_labels():
@@ -89,7 +89,9 @@ def test_evaluate_run_writes_results_details_and_plots(tiny_config, tmp_path):
         assert set(accs) == {"trained", "random_init"}
         assert all(0.0 <= v <= 1.0 for v in accs.values())
     details = json.loads((tmp_path / "run" / "eval.json").read_text())
-    assert details["probes"]["knn"]["trained"]["setting"]["k"] in (1, 3)
+    knn = details["probes"]["knn"]["trained"]
+    assert knn["setting"]["k"] in (1, 3)
+    assert set(knn) == {"accuracy", "setting", "val_accuracy", "train_accuracy"}
     assert out["results"] == results
     for name in ("loss.png", "filters.png", "neighbours.png"):
         assert (tmp_path / "run" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

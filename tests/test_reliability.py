@@ -58,7 +58,7 @@ def test_killed_at_several_moments_then_resumed_equals_an_uninterrupted_run(tmp_
         code = interrupt_after(proc, run_dir, step, signal.SIGKILL)
         assert code in (-signal.SIGKILL, 0)
     final = natkit_run("--resume", str(run_dir))
-    out, err = final.communicate(timeout=300)
+    _, err = final.communicate(timeout=300)
     assert final.returncode == 0, err
     assert not list(run_dir.glob(".*.tmp-*"))  # no half-written file left behind
     assert_same_state(load_checkpoint(run_dir / "checkpoint.pt"),

@@ -22,11 +22,15 @@ from natkit.datasets import stratified_split
 
 @dataclass(frozen=True)
 class ProbeResult:
-    """Test accuracy of a probe, the setting chosen on validation and its validation accuracy."""
+    """A probe's test accuracy, the setting chosen on validation, and its other accuracies."""
 
-    accuracy: float
+    accuracy: float  # on the test split, once
     setting: dict[str, Any]
-    val_accuracy: float
+    val_accuracy: float  # of the chosen setting, fit on the rest of the training split
+    train_accuracy: float  # of the final probe on the training split it was fit on
+
+
+Predictor = Callable[[torch.Tensor], torch.Tensor]  # features -> predicted labels
 
 
 def standardize(fit: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
@@ -76,26 +80,30 @@ def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096) -> float:
-    """Top-1 accuracy of ``model`` on ``(x, y)``."""
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    """Predicted labels of ``model`` for features ``x`` (on the CPU)."""
     device = next(model.parameters()).device
-    correct = 0
-    for xs, ys in zip(x.split(batch_size), y.split(batch_size), strict=True):
-        correct += int((model(xs.to(device)).argmax(dim=1).cpu() == ys).sum())
-    return correct / max(len(y), 1)
+    return torch.cat([model(xs.to(device)).argmax(dim=1).cpu() for xs in x.split(batch_size)])
+
+
+def accuracy(predictor: Predictor, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Top-1 accuracy of a predictor on ``(x, y)``."""
+    return float((predictor(x) == y).float().mean()) if len(y) else 0.0
 
 
 def _select(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
             test_y: torch.Tensor, settings: Sequence[dict[str, Any]], val_fraction: float,
-            seed: int, score: Callable[..., float]) -> ProbeResult:
+            seed: int, fit: Callable[[torch.Tensor, torch.Tensor, dict[str, Any]], Predictor]
+            ) -> ProbeResult:
     fit_idx, val_idx = stratified_split(train_y.numpy(), val_fraction, seed)
     fit_idx, val_idx = torch.as_tensor(fit_idx), torch.as_tensor(val_idx)
     fit_x, val_x = standardize(train_x[fit_idx], train_x[val_idx])
-    scores = [score(fit_x, train_y[fit_idx], val_x, train_y[val_idx], s) for s in settings]
+    scores = [accuracy(fit(fit_x, train_y[fit_idx], s), val_x, train_y[val_idx]) for s in settings]
     best = max(range(len(settings)), key=lambda i: (scores[i], -i))
     full_x, held_x = standardize(train_x, test_x)
-    test = score(full_x, train_y, held_x, test_y, settings[best])
-    return ProbeResult(test, dict(settings[best]), scores[best])
+    final = fit(full_x, train_y, settings[best])
+    return ProbeResult(accuracy(final, held_x, test_y), dict(settings[best]), scores[best],
+                       accuracy(final, full_x, train_y))
 
 
 def fit_linear(x: torch.Tensor, y: torch.Tensor, *, weight_decay: float, iterations: int = 200,
@@ -129,14 +137,13 @@ def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Ten
                  device: torch.device | str = "cpu") -> ProbeResult:
     """Multinomial logistic regression; the L2 strength is chosen on validation."""
 
-    def score(fx: torch.Tensor, fy: torch.Tensor, ex: torch.Tensor, ey: torch.Tensor,
-              setting: dict[str, Any]) -> float:
-        model = fit_linear(fx, fy, weight_decay=setting["weight_decay"], iterations=iterations,
+    def fit(x: torch.Tensor, y: torch.Tensor, setting: dict[str, Any]) -> Predictor:
+        model = fit_linear(x, y, weight_decay=setting["weight_decay"], iterations=iterations,
                            device=device)
-        return accuracy(model, ex, ey)
+        return lambda features: predict(model, features)
 
     settings = [{"weight_decay": wd} for wd in weight_decays]
-    return _select(train_x, train_y, test_x, test_y, settings, val_fraction, seed, score)
+    return _select(train_x, train_y, test_x, test_y, settings, val_fraction, seed, fit)
 
 
 def mlp_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
@@ -145,17 +152,15 @@ def mlp_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor
               device: torch.device | str = "cpu") -> ProbeResult:
     """The paper's two-hidden-layer MLP; the weight decay is chosen on validation."""
 
-    def score(fx: torch.Tensor, fy: torch.Tensor, ex: torch.Tensor, ey: torch.Tensor,
-              setting: dict[str, Any]) -> float:
+    def fit(x: torch.Tensor, y: torch.Tensor, setting: dict[str, Any]) -> Predictor:
         torch.manual_seed(seed)
-        model = fit_classifier(mlp_model(fx.shape[1], int(fy.max()) + 1, hidden), fx, fy,
-                               epochs=epochs,
-                               weight_decay=setting["weight_decay"], seed=seed,
+        model = fit_classifier(mlp_model(x.shape[1], int(y.max()) + 1, hidden), x, y,
+                               epochs=epochs, weight_decay=setting["weight_decay"], seed=seed,
                                batch_size=batch_size, device=device)
-        return accuracy(model, ex, ey)
+        return lambda features: predict(model, features)
 
     settings = [{"weight_decay": wd} for wd in weight_decays]
-    return _select(train_x, train_y, test_x, test_y, settings, val_fraction, seed, score)
+    return _select(train_x, train_y, test_x, test_y, settings, val_fraction, seed, fit)
 
 
 @torch.no_grad()
@@ -184,11 +189,10 @@ def knn_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor
               val_fraction: float = 0.2, seed: int = 0) -> ProbeResult:
     """Weighted cosine kNN on standardised features; k is chosen on validation."""
 
-    def score(fx: torch.Tensor, fy: torch.Tensor, ex: torch.Tensor, ey: torch.Tensor,
-              setting: dict[str, Any]) -> float:
-        pred = knn_predict(fx, fy, ex, [setting["k"]], temperature)[setting["k"]]
-        return float((pred == ey).float().mean())
+    def fit(x: torch.Tensor, y: torch.Tensor, setting: dict[str, Any]) -> Predictor:
+        k = setting["k"]
+        return lambda features: knn_predict(x, y, features, [k], temperature)[k]
 
     settings = [{"k": int(k)} for k in ks]
-    return _select(train_x, train_y, test_x, test_y, settings, val_fraction, seed, score)
+    return _select(train_x, train_y, test_x, test_y, settings, val_fraction, seed, fit)
 

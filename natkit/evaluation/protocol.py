@@ -9,6 +9,7 @@ carved from the training split; the test split is used once, at the end.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -100,10 +101,8 @@ def evaluate(config: cfg.Config, model_state: dict[str, torch.Tensor], *,
         "feature_dim": int(features["trained"][0].shape[1]),
         "train_images": len(train_set), "test_images": len(test_set),
         "probe_seconds": round(time.perf_counter() - started, 1),
-        "probes": {probe: {which: {"test_accuracy": probes[which][probe].accuracy,
-                                   "val_accuracy": probes[which][probe].val_accuracy,
-                                   "setting": probes[which][probe].setting}
-                           for which in probes} for probe in e.probes},
+        "probes": {probe: {which: dataclasses.asdict(probes[which][probe]) for which in probes}
+                   for probe in e.probes},
     }
     if config.mode == "supervised":
         net = networks["trained"]
