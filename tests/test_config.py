@@ -15,7 +15,7 @@ def test_defaults_resolve_with_every_component_option_filled(host):
     c = config.build()
     assert c.mode == "nat" and c.data["name"] == "shapes"
     assert c.solver == {"name": "hungarian"}
-    assert c.targets["dim"] == 128 and "seed" in c.targets
+    assert c.targets["dim"] == 32 and "seed" in c.targets
     assert c.backbone["stem"] == "auto"  # the factory's default, written into the config
     assert config.resolve(yaml.safe_load(config.dump(c))) == c  # the dump round-trips
 
