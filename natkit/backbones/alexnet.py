@@ -99,5 +99,12 @@ class AlexNet(Backbone):
 def create(*, in_chans: int = 3, image_size: int = 224,
            widths: tuple[int, ...] = PAPER_WIDTHS, fc: tuple[int, ...] = PAPER_FC,
            stem: Literal["auto", "imagenet", "small"] = "auto") -> AlexNet:
-    """The paper's AlexNet with BatchNorm (widths and fc head configurable)."""
+    """The paper's AlexNet with BatchNorm (widths and fc head configurable).
+
+    Args:
+        widths: channels of conv1..conv5 (the paper: 96, 256, 384, 384, 256).
+        fc: hidden widths of the fc6-fc7 head used when head.hidden is null (the paper: 4096, 4096).
+        stem: conv1 as in the paper ('imagenet': 11x11, stride 4) or for small images ('small': 5x5,
+                stride 1); 'auto' picks 'small' below 128 px.
+    """
     return AlexNet(in_chans, image_size, widths, fc, stem)

@@ -12,7 +12,13 @@ from natkit.datasets.base import TensorImageDataset, resize_square, stratified_s
 
 def create(*, split: Literal["train", "test"] = "train", image_size: int = 32,
            test_fraction: float = 0.25, seed: int = 0) -> TensorImageDataset:
-    """scikit-learn's handwritten digits (1,797 images, 10 classes), grayscale, resized."""
+    """scikit-learn's handwritten digits (1,797 images, 10 classes), grayscale, resized.
+
+    Args:
+        image_size: side of the resized square images (the originals are 8 x 8).
+        test_fraction: stratified fraction held out as the test split.
+        seed: seed of the train/test split.
+    """
     from sklearn.datasets import load_digits
 
     if split not in ("train", "test"):

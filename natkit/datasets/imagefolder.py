@@ -149,7 +149,15 @@ class ImageFolder(ImageDataset):
 def create(*, split: Literal["train", "test"] = "train", root: str = "data",
            image_size: int = 224, test_fraction: float = 0.2, seed: int = 0,
            cache: bool | None = None) -> ImageFolder:
-    """Images in class folders (ImageNet layout), with train/test trees or a held-out fraction."""
+    """Images in class folders (ImageNet layout), with train/test trees or a held-out fraction.
+
+    Args:
+        root: folder holding <class>/<image> files, or train/ and test/ (or val/) trees of them.
+        image_size: images are resized (shorter side) and centre-cropped to this square size.
+        test_fraction: without train/test trees: stratified fraction held out as the test split.
+        seed: seed of that held-out split.
+        cache: decode every image into memory once (null: when they take at most 1 GiB).
+    """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got '{split}'")
     base = Path(root).expanduser()

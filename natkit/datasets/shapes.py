@@ -128,7 +128,17 @@ def create(*, split: Literal["train", "test"] = "train", image_size: int = 32,
            num_train: int = 3000, num_test: int = 2000,
            background: Literal["flat", "texture"] = "flat", noise: float = 0.03,
            scale: tuple[float, float] = (0.4, 0.75), seed: int = 0) -> TensorImageDataset:
-    """Synthetic shapes (10 classes; colour unrelated to class), generated from a seed."""
+    """Synthetic shapes (10 classes; colour unrelated to class), generated from a seed.
+
+    Args:
+        image_size: side of the square images in pixels.
+        num_train: images in the training split.
+        num_test: images in the test split.
+        background: 'flat' colour, or 'texture': a random per-image texture (the harder variant).
+        noise: standard deviation of the Gaussian pixel noise (images in [0, 1]).
+        scale: range of the shape's radius as a fraction of half the image.
+        seed: seed of the images; image i of a split depends only on (seed, split, i).
+    """
     if split not in _SPLIT_CODE:
         raise ValueError(f"split must be 'train' or 'test', got '{split}'")
     if image_size < 8:

@@ -28,7 +28,12 @@ def _open(cls: type, root: str, name: str, expected: str, source: str, **kwargs:
 
 def create_cifar10(*, split: Literal["train", "test"] = "train", root: str = "data",
                    image_size: int = 32) -> TensorImageDataset:
-    """CIFAR-10 (python version) from ``root/cifar-10-batches-py``."""
+    """CIFAR-10 (python version) from ``root/cifar-10-batches-py``.
+
+    Args:
+        root: folder holding cifar-10-batches-py/ (nothing is downloaded).
+        image_size: side of the (resized) square images; 32 keeps the originals.
+    """
     from torchvision.datasets import CIFAR10
 
     if split not in ("train", "test"):
@@ -41,7 +46,12 @@ def create_cifar10(*, split: Literal["train", "test"] = "train", root: str = "da
 
 def create_stl10(*, split: Literal["train", "test", "train+unlabeled", "unlabeled"] = "train",
                  root: str = "data", image_size: int = 96) -> TensorImageDataset:
-    """STL-10 (binary version) from ``root/stl10_binary``; 'train+unlabeled' adds 100k images."""
+    """STL-10 (binary version) from ``root/stl10_binary``; 'train+unlabeled' adds 100k images.
+
+    Args:
+        root: folder holding stl10_binary/ (nothing is downloaded).
+        image_size: side of the (resized) square images; 96 keeps the originals.
+    """
     from torchvision.datasets import STL10
 
     ds = _open(STL10, root, "STL-10", f"{root}/stl10_binary/",

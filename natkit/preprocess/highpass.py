@@ -48,5 +48,9 @@ class HighPass(Preprocessor):
 
 
 def create(*, in_channels: int = 3, sigma: float = 2.0) -> HighPass:
-    """Image minus its Gaussian blur (the paper's high-pass ablation)."""
+    """Image minus its Gaussian blur (the paper's high-pass ablation).
+
+    Args:
+        sigma: standard deviation of the Gaussian blur, in pixels.
+    """
     return HighPass(in_channels, sigma)

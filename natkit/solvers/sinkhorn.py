@@ -51,5 +51,11 @@ class SinkhornSolver(Solver):
 
 
 def create(*, reg: float = 0.05, num_iter_max: int = 1000, tol: float = 1e-6) -> SinkhornSolver:
-    """Entropic optimal transport (POT log-domain Sinkhorn), rounded to a permutation."""
+    """Entropic optimal transport (POT log-domain Sinkhorn), rounded to a permutation.
+
+    Args:
+        reg: entropic regularisation, relative to the standard deviation of the cost.
+        num_iter_max: Sinkhorn iterations at most.
+        tol: stopping threshold on the marginals (float32 plans never reach 1e-9).
+    """
     return SinkhornSolver(reg, num_iter_max, tol)

@@ -29,5 +29,11 @@ class BasisTargets(Targets):
 
 
 def create(*, dim: int = 128, k: int | None = None, seed: int | None = None) -> BasisTargets:
-    """One-hot targets e_(id mod k) in R^dim (the paper's discrete ablation; k defaults to dim)."""
+    """One-hot targets e_(id mod k) in R^dim (the paper's discrete ablation; k defaults to dim).
+
+    Args:
+        dim: dimension of the target space (and of the projection head's output).
+        k: number of distinct one-hot targets, at most dim; null: dim.
+        seed: unused by one-hot targets; kept for the common interface (null: the run's seed).
+    """
     return BasisTargets(dim, k, 0 if seed is None else seed)

@@ -18,5 +18,10 @@ class SphereTargets(Targets):
 
 
 def create(*, dim: int = 128, seed: int | None = None) -> SphereTargets:
-    """Uniform on the unit sphere (the paper's targets)."""
+    """Uniform on the unit sphere (the paper's targets).
+
+    Args:
+        dim: dimension of the sphere's space (and of the projection head's output).
+        seed: seed of the targets (null: derived from the run's seed).
+    """
     return SphereTargets(dim, 0 if seed is None else seed)
