@@ -3,8 +3,10 @@
 The built-in components are registered as the plugin ``natkit`` through the same
 ``register_*`` hooks as any third-party package. Packages are discovered through
 the ``natkit`` entry-point group; set ``NATKIT_DISABLE_PLUGIN_AUTOLOAD=1`` to skip
-them. A plugin that fails to import, or whose hook raises, is reported by name
-and left out; everything else keeps working.
+them. A plugin that fails to import is reported by name and left out; one whose
+``register_*`` hook raises is left out of that registry. Everything else keeps
+working. Each registry is filled on first use, so listing solvers never imports
+the libraries behind the backbones.
 """
 
 from __future__ import annotations
@@ -63,7 +65,7 @@ class PluginHost:
         self.pm = pluggy.PluginManager("natkit")
         self.pm.add_hookspecs(hookspecs)
         self._info: dict[str, PluginInfo] = {}
-        self._registries: dict[str, Registry] | None = None
+        self._registries: dict[str, Registry] = {}  # filled per kind, on first use
         builtin = importlib.import_module("natkit.builtin")
         self.register(builtin, name=BUILTIN_PLUGIN, distribution="natkit", version=_version())
         if autoload is None:
@@ -83,22 +85,26 @@ class PluginHost:
         if name is None:
             raise PluginError(f"plugin '{name}' is already registered")
         self._info[name] = PluginInfo(name, distribution or name, version)
-        self._registries = None
+        self._registries = {}
         return name
 
     def unregister(self, name: str) -> None:
         """Remove a plugin by name; its components leave the registries."""
         self.pm.unregister(name=name)
         self._info.pop(name, None)
-        self._registries = None
+        self._registries = {}
 
     def load_entry_points(self) -> None:
         """Import every plugin in the ``natkit`` entry-point group, isolating failures."""
         for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
-            if self.pm.has_plugin(ep.name) or ep.name in self._info:
-                continue
             dist = ep.dist.name if ep.dist else ""
             version = ep.dist.version if ep.dist else ""
+            if self.pm.has_plugin(ep.name) or ep.name in self._info:
+                if dist != self._info.get(ep.name, PluginInfo("", "", "")).distribution:
+                    warnings.warn(f"natkit plugin '{ep.name}' from '{dist}' is skipped: the name "
+                                  f"is taken by '{self._info[ep.name].distribution}'",
+                                  PluginWarning, stacklevel=2)
+                continue
             try:
                 plugin = ep.load()
                 self.register(plugin, name=ep.name, distribution=dist, version=version)
@@ -115,34 +121,37 @@ class PluginHost:
         self.registries()  # registering can still fail a plugin
         return sorted(self._info.values(), key=lambda p: (p.name != BUILTIN_PLUGIN, p.name))
 
-    def registries(self) -> dict[str, Registry]:
-        """The five registries, filled by calling every plugin's ``register_*`` hooks."""
-        if self._registries is None:
-            registries = {kind: Registry(kind) for kind in KINDS}
+    def registry(self, kind: str) -> Registry:
+        """One registry, filled on first use by every plugin's hook for that kind."""
+        if kind not in self._registries:
+            reg = Registry(kind)
             for name, _ in self.pm.list_name_plugin():
-                registries = self._register_plugin(name, registries)
-            self._registries = registries
-        return self._registries
+                self._register_kind(name, reg)
+            self._registries[kind] = reg
+        return self._registries[kind]
 
-    def _register_plugin(self, name: str, registries: dict[str, Registry]) -> dict[str, Registry]:
-        """Add one plugin's components, all or nothing: a failure leaves ``registries`` as is."""
-        staged = {kind: Registry(kind, dict(reg._entries)) for kind, reg in registries.items()}
-        for kind in KINDS:
-            for impl in getattr(self.pm.hook, _HOOK_FOR_KIND[kind]).get_hookimpls():
-                if impl.plugin_name != name:
-                    continue
+    def registries(self) -> dict[str, Registry]:
+        """All five registries."""
+        return {kind: self.registry(kind) for kind in KINDS}
 
-                def register(*args: Any, _kind: str = kind, **kwargs: Any) -> None:
-                    staged[_kind].add(*args, plugin=name, **kwargs)
+    def _register_kind(self, name: str, reg: Registry) -> None:
+        """Add one plugin's components of one kind, all or nothing: a failure adds none."""
+        staged = Registry(reg.kind, dict(reg._entries))
+        for impl in getattr(self.pm.hook, _HOOK_FOR_KIND[reg.kind]).get_hookimpls():
+            if impl.plugin_name != name:
+                continue
 
-                try:
-                    impl.function(**{arg: register for arg in impl.argnames})
-                except Exception as exc:  # never fatal: report the plugin and go on
-                    info = self._info.get(name, PluginInfo(name, name, ""))
-                    self._fail(name, info.distribution, info.version,
-                               f"failed to register {kind}s: {type(exc).__name__}: {exc}")
-                    return registries
-        return staged
+            def register(*args: Any, **kwargs: Any) -> None:
+                staged.add(*args, plugin=name, **kwargs)
+
+            try:
+                impl.function(**{arg: register for arg in impl.argnames})
+            except Exception as exc:  # never fatal: report the plugin and go on
+                info = self._info.get(name, PluginInfo(name, name, ""))
+                self._fail(name, info.distribution, info.version,
+                           f"failed to register {reg.kind}s: {type(exc).__name__}: {exc}")
+                return
+        reg._entries = staged._entries
 
 
 _host: PluginHost | None = None
@@ -170,7 +179,6 @@ KIND_ALIASES = {"backbones": "backbone", "solvers": "solver", "preprocessors": "
 def registry(kind: str) -> Registry:
     """The registry of one component kind (singular or plural: 'solver' or 'solvers')."""
     kind = KIND_ALIASES.get(kind, kind)
-    regs = get_host().registries()
-    if kind not in regs:
+    if kind not in KINDS:
         raise UnknownComponentError(f"unknown component kind '{kind}'; valid: {', '.join(KINDS)}")
-    return regs[kind]
+    return get_host().registry(kind)
