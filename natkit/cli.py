@@ -213,6 +213,22 @@ def plugins() -> None:
     out.print(table)
 
 
+@app.command()
+@user_errors
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory made by natkit run.")],
+    out_file: Annotated[Path, typer.Option("--out", "-o", help="Where to write the weights (.pt).")],
+) -> None:
+    """Export the trained backbone as a plain state_dict (no prefixes, no head)."""
+    from natkit.export import export as export_backbone
+
+    info = export_backbone(run_dir, out_file)
+    err.print(f"wrote {out_file} ({info['backbone']}, {info['in_chans']} input channels) and "
+              f"{out_file}.json", highlight=False)
+    err.print(f"load it with: {info['load_with'].replace('FILE', repr(str(out_file)))}",
+              highlight=False)
+
+
 @app.command("config")
 @user_errors
 def config_command(

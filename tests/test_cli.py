@@ -15,10 +15,12 @@ from tests.conftest import TINY
 runner = CliRunner()
 
 
-def tiny_args(*extra: str) -> list[str]:
+def tiny_args(*extra: str, backbone: bool = True) -> list[str]:
+    """--set options for a tiny run; without ``backbone``, the AlexNet options are left out."""
     args = []
     for text in [*TINY, *extra]:
-        args += ["--set", text]
+        if backbone or not text.startswith("backbone."):
+            args += ["--set", text]
     return args
 
 
@@ -73,3 +75,48 @@ def test_the_console_script_is_installed_and_fails_cleanly():
     assert result.returncode == 2
     assert result.stderr.strip() == ("error: unknown targets 'spheres' (did you mean 'sphere'?); "
                                      "valid: basis, sphere")
+
+
+def test_export_gives_plain_weights_that_load_into_a_fresh_backbone(host, tmp_path):
+    import torch
+
+    import natkit
+    from natkit.checkpoint import load_checkpoint
+
+    run_dir = tmp_path / "run"
+    assert runner.invoke(app, ["run", "--out", str(run_dir), "--no-eval", *tiny_args()]).exit_code \
+        == 0
+    result = runner.invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "bb.pt")])
+    assert result.exit_code == 0, result.output
+    weights = torch.load(tmp_path / "bb.pt", weights_only=True)
+    assert not any(k.startswith(("backbone.", "head.", "preprocess.")) for k in weights)
+    info = json.loads((tmp_path / "bb.pt.json").read_text())
+    assert info["in_chans"] == 2 and info["backbone"] == "alexnet"
+    fresh = natkit.create_backbone("alexnet", in_chans=2, image_size=16, widths=(4, 8, 8, 8, 8))
+    fresh.load_state_dict(weights)  # strict: every key matches
+    trained = load_checkpoint(run_dir / "checkpoint.pt")["model"]
+    torch.testing.assert_close(fresh.conv1[0].weight, trained["backbone.conv1.0.weight"])
+
+
+def test_export_of_a_timm_backbone_loads_into_timm_and_torchvision(host, tmp_path):
+    import timm
+    import torch
+    import torchvision
+
+    run_dir = tmp_path / "run"
+    result = runner.invoke(app, ["run", "--out", str(run_dir), "--no-eval", "--backbone",
+                                 "timm:resnet18", "--preprocess", "clean",
+                                 *tiny_args("data.image_size=32", "train.epochs=1",
+                                            backbone=False)])
+    assert result.exit_code == 0, result.output
+    assert runner.invoke(app, ["export", str(run_dir), "-o", str(tmp_path / "r18.pt")]
+                         ).exit_code == 0
+    weights = torch.load(tmp_path / "r18.pt", weights_only=True)
+    timm.create_model("resnet18", in_chans=3, num_classes=0).load_state_dict(weights)
+    missing, unexpected = torchvision.models.resnet18().load_state_dict(weights, strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
+
+
+def test_export_of_a_directory_that_is_not_a_run(host, tmp_path):
+    result = runner.invoke(app, ["export", str(tmp_path), "--out", str(tmp_path / "x.pt")])
+    assert result.exit_code == 2 and "is not a natkit run directory" in result.stderr

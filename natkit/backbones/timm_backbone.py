@@ -24,14 +24,19 @@ class TimmBackbone(Backbone):
                 f"unknown timm model '{model_name}'{did_you_mean(model_name, timm.list_models())}; "
                 "see timm.list_models()"
             )
+        given = sorted(options)
         options.setdefault("pretrained", False)  # nothing can be downloaded here
         try:  # transformers take img_size; convolutional nets reject it at once
             self.model = timm.create_model(model_name, in_chans=in_chans, num_classes=0,
                                            **{"img_size": image_size, **options})
         except TypeError as exc:
             if "img_size" not in str(exc) or "img_size" in options:
-                raise
-            self.model = timm.create_model(model_name, in_chans=in_chans, num_classes=0, **options)
+                raise ValueError(f"timm rejected the options {given}: {exc}") from exc
+            try:
+                self.model = timm.create_model(model_name, in_chans=in_chans, num_classes=0,
+                                               **options)
+            except TypeError as exc2:  # an option this model does not take: the user's to fix
+                raise ValueError(f"timm rejected the options {given}: {exc2}") from exc2
         self.model_name = model_name
         self.num_features = int(self.model.num_features)
         self.in_chans = in_chans

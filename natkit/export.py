@@ -1,0 +1,81 @@
+"""Export a run's trained backbone as a plain state_dict that loads outside natkit.
+
+The weights carry no wrapper prefix and no head: a natkit AlexNet loads them
+into ``natkit.create_backbone("alexnet", ...)``, a timm backbone into
+``timm.create_model(name, in_chans=..., num_classes=0)`` (and, for models that
+share timm's layout such as resnets, into torchvision's with ``strict=False``).
+A JSON file beside the weights says how to rebuild the network and its input.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import natkit
+from natkit import config as cfg
+from natkit.checkpoint import CHECKPOINT, atomic_write_bytes, atomic_write_text, load_checkpoint
+from natkit.engine import load_dataset, read_run_config
+from natkit.errors import CheckpointError
+
+PREFIX = "backbone."
+TIMM_PREFIX = "model."  # natkit's timm wrapper holds the timm model as .model
+
+
+def backbone_state(model_state: dict[str, torch.Tensor], backbone: str) -> dict[str, torch.Tensor]:
+    """The backbone's tensors of a natkit model state, with natkit's prefixes removed."""
+    state = {k[len(PREFIX):]: v for k, v in model_state.items() if k.startswith(PREFIX)}
+    if backbone.startswith("timm:"):
+        state = {k[len(TIMM_PREFIX):] if k.startswith(TIMM_PREFIX) else k: v
+                 for k, v in state.items()}
+    return state
+
+
+def export(run_dir: Path, out: Path) -> dict[str, Any]:
+    """Write the backbone weights to ``out`` and a description to ``out`` + '.json'."""
+    run_dir, out = Path(run_dir), Path(out)
+    config = read_run_config(run_dir)
+    if not (run_dir / CHECKPOINT).exists():
+        raise CheckpointError(f"'{run_dir}' holds no {CHECKPOINT} yet; train it first")
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    name = config.backbone["name"]
+    weights = backbone_state(state["model"], name)
+    if not weights:
+        raise CheckpointError(f"checkpoint '{run_dir / CHECKPOINT}' holds no backbone weights")
+    dataset = load_dataset(config, "test")
+    preprocess = natkit.create_preprocess(config.preprocess["name"], in_channels=dataset.channels,
+                                          **cfg.component_options(config.preprocess))
+    options = {k: v for k, v in config.backbone.items() if k != "name"}
+    info = {
+        "backbone": name,
+        "options": options,
+        "in_chans": preprocess.out_channels,
+        "image_size": dataset.image_size,
+        "input": {"preprocess": config.preprocess, "from_channels": dataset.channels,
+                  "note": "the weights expect the preprocessor's output (e.g. 2 Sobel channels), "
+                          "computed from images scaled to [0, 1]"},
+        "load_with": _how_to_load(name, options, preprocess.out_channels, dataset.image_size),
+        "epochs_trained": int(state["epoch"]),
+        "natkit_version": natkit.__version__,
+        "source": str(run_dir),
+    }
+    buffer = io.BytesIO()
+    torch.save(weights, buffer)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out, buffer.getvalue())
+    atomic_write_text(out.with_name(out.name + ".json"), json.dumps(info, indent=2) + "\n")
+    return info
+
+
+def _how_to_load(name: str, options: dict[str, Any], in_chans: int, image_size: int) -> str:
+    if name.startswith("timm:"):
+        extra = "".join(f", {k}={v!r}" for k, v in options.items())
+        return (f"timm.create_model({name[5:]!r}, in_chans={in_chans}, num_classes=0{extra})"
+                ".load_state_dict(torch.load(FILE, weights_only=True))")
+    args = "".join(f", {k}={v!r}" for k, v in options.items())
+    return (f"natkit.create_backbone({name!r}, in_chans={in_chans}, image_size={image_size}{args})"
+            ".load_state_dict(torch.load(FILE, weights_only=True))")
