@@ -238,7 +238,7 @@ class Run:
         t = self.config.train
         return learning_rate(self.step, t.lr, warmup=t.warmup_steps, t0=t.lr_t0, gamma=t.lr_gamma)
 
-    def _epoch_batches(self, epoch: int) -> torch.Tensor:
+    def epoch_batches(self, epoch: int) -> torch.Tensor:
         """This epoch's batches of dataset indices (full batches only: BatchNorm needs b > 1)."""
         n, b = len(self.dataset), self.config.train.batch_size
         order = torch.randperm(n, generator=generator(self.config.seed, f"order/{epoch}"))
@@ -331,7 +331,7 @@ class Run:
 
     def _train_epoch(self, metrics: Any, progress: TrainingProgress) -> bool:
         epoch, t = self.epoch, self.config.train
-        batches = self._epoch_batches(epoch)
+        batches = self.epoch_batches(epoch)
         reassign = self.reassigns_in(epoch)
         progress.start_epoch(epoch, len(batches), self.batch_in_epoch)
         sums = {"loss": torch.zeros((), device=self.device), "changed": 0.0, "reassigned": 0}

@@ -1,0 +1,147 @@
+"""The speed suite's quick paths: gaps, skipping, memory arithmetic, step ratios, report, figure."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import natkit
+from benchmarks import speed
+from natkit import plugins
+
+N = speed.IMAGENET_TRAIN
+
+REVERSE_PLUGIN_SOURCE = "row i takes column b-1-i: a valid permutation, far from optimal"
+
+
+class ReversePlugin:
+    """Registers a deliberately bad solver, so a gap that is always 0 would be caught."""
+
+    @natkit.hookimpl
+    def register_solvers(self, register):
+        def create():
+            return lambda cost: torch.arange(cost.shape[0] - 1, -1, -1, device=cost.device)
+
+        register("reverse", create, help=REVERSE_PLUGIN_SOURCE)
+
+
+@pytest.fixture(scope="module")
+def quick():
+    """One quick run of the whole suite (built-in components only), shared by the tests below."""
+    old = plugins.reset_host(plugins.PluginHost(autoload=False))
+    try:
+        yield speed.run_speed(quick=True)
+    finally:
+        plugins.reset_host(old)
+
+
+def test_exact_solvers_reach_the_optimum_and_approximate_ones_do_not_beat_it(host):
+    rows = speed.solver_speed(sizes=(16, 48), repeats=2, dim=32, budget_s=30.0, device="cpu")
+    names = natkit.list_components("solver")
+    assert {(r["solver"], r["b"]) for r in rows} == {(n, b) for n in names for b in (16, 48)}
+    for r in rows:
+        assert r["status"] == "ok", r
+        assert r["seconds"] > 0 and 1 <= r["repeats"] <= 2
+        assert r["ratio_to_hungarian"] > 0
+        if r["exact"]:
+            assert abs(r["gap_pct"]) <= 1e-9, r
+        else:
+            assert r["gap_pct"] >= 0, r
+    assert all(r["ratio_to_hungarian"] == 1.0 for r in rows if r["solver"] == "hungarian")
+    # greedy is known to stay 1.5-5% above the optimum: a gap of exactly 0 would be a bug
+    assert any(r["gap_pct"] > 0.1 for r in rows if r["solver"] == "greedy")
+
+
+def test_a_bad_permutation_shows_a_large_gap(host):
+    host.register(ReversePlugin(), name="reverse-plugin")
+    rows = speed.solver_speed(sizes=(32,), repeats=1, dim=32, solvers=["hungarian", "reverse"],
+                              device="cpu")
+    reverse = next(r for r in rows if r["solver"] == "reverse")
+    assert reverse["status"] == "ok" and not reverse["exact"]
+    assert reverse["gap_pct"] > 10  # an arbitrary matching is nowhere near the optimum
+
+
+def test_the_gap_is_relative_to_scipys_optimum():
+    cost = speed.nat_cost(24, 16, seed=3, device=torch.device("cpu"))
+    best = speed.optimum(cost)
+    assert best < 0  # -<f, c> summed over a good matching of unit vectors
+    identity = torch.arange(24)
+    by_hand = (float(cost.double().diagonal().sum()) - best) / abs(best) * 100
+    assert speed.optimality_gap(cost, identity, best) == pytest.approx(by_hand)
+    assert speed.optimality_gap(cost, identity, best) > 0
+
+
+def test_cells_over_the_budget_are_skipped_but_the_reference_is_not(host):
+    rows = speed.solver_speed(sizes=(16, 32, 64), repeats=1, dim=16, budget_s=0.0, device="cpu")
+    for r in rows:
+        if r["b"] == 16 or r["solver"] == "hungarian":
+            assert r["status"] == "ok", r  # nothing to extrapolate from yet, or the reference
+        else:
+            assert r["status"] == "skipped" and r["estimate_s"] > 0, r
+            assert "seconds" not in r
+
+
+def test_estimates_grow_as_b_cubed_for_exact_solvers():
+    assert speed.estimate_seconds([], 64, exact=True) is None
+    assert speed.estimate_seconds([(100, 1.0)], 200, exact=True) == pytest.approx(8.0)
+    assert speed.estimate_seconds([(100, 1.0)], 200, exact=False) == pytest.approx(4.0)
+    # an approximate solver growing steeper than b^2 is extrapolated with its own exponent
+    assert speed.estimate_seconds([(50, 1.0), (100, 6.0)], 200, exact=False) == pytest.approx(36.0)
+
+
+def test_memory_arithmetic_at_imagenet_scale(host):
+    rows = speed.assignment_memory(n=N, dims=(128, 2048), repeats=1)
+    assert {(r["targets"], r["dim"]) for r in rows} == {
+        (t, d) for t in natkit.list_components("targets") for d in (128, 2048)}
+    for r in rows:
+        assert r["n"] == N
+        assert r["perm_bytes"] == r["perm_bytes_measured"] == 8 * N
+        assert r["bank_bytes"] == 4 * N * r["dim"]
+        assert r["cached_bytes"] == 8 * N + 4 * N * r["dim"]
+        assert r["regenerated_bytes"] == 8 * N + 4 * 256 * r["dim"]
+        assert r["regenerating"] and r["regen_s"] > 0
+        # natkit's default 1024 MB cache holds the d = 128 bank (656 MB) but not d = 2048 (10.5 GB)
+        assert r["cached_under_default_limit"] == (r["dim"] == 128)
+    basis_small = next(r for r in rows if r["targets"] == "basis" and r["dim"] == 128)
+    assert basis_small["options"]["k"] == 128  # k = 1000 > dim is clamped for one-hot targets
+
+
+def test_step_ratios_are_consistent(quick):
+    step = quick["step"]
+    med, ratios = step["median_s"], step["ratios"]
+    assert all(v > 0 for v in med.values()) and all(v > 0 for v in ratios.values())
+    assert ratios["nat_reassign"] == pytest.approx(med["nat_reassign"] / med["supervised"])
+    assert step["permute_every"] == 3
+    assert step["period_s"] == pytest.approx((med["nat_reassign"] + 2 * med["nat_fixed"]) / 3)
+    low, high = sorted([ratios["nat_reassign"], ratios["nat_fixed"]])
+    assert low <= ratios["period"] <= high
+    assert step["solver_s"] > 0 and 0 < step["solver_share"] < 1
+    assert step["batch_size"] == 16 and step["steps"] == 2
+
+
+def test_quick_suite_report_names_every_solver(quick):
+    text = speed.speed_markdown(quick)
+    for name in {r["solver"] for r in quick["solvers"]}:
+        assert f"| {name} (" in text
+    for heading in ("Assignment solvers", "NAT against supervised", "Assignment memory",
+                    "What was measured"):
+        assert heading in text
+    assert quick["machine"]["cpu"] in text and "quick" in text
+    assert all(r["ratio_to_hungarian"] > 0 for r in quick["solvers"] if r["status"] == "ok")
+    json.dumps(quick)  # plain data: the harness writes it as speed.json
+
+
+def test_machine_describes_this_machine():
+    info = speed.machine()
+    assert info["cpu"] and info["cores"] >= 1 and info["torch_threads"] >= 1
+    assert info["torch"] == torch.__version__
+    assert (info["cuda"] is None) == (not torch.cuda.is_available())
+
+
+def test_the_figure_is_written(quick, tmp_path):
+    path = tmp_path / "out" / "speed.png"
+    speed.plot_solver_speed(quick, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert path.stat().st_size > 10_000
