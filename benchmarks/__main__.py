@@ -70,12 +70,14 @@ def main(
     target.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     sections, findings = [], []
+    run_seconds: dict[str, float] = {}  # a run shared by several tables is counted once
     try:
         for key in keys:
             table = TABLES[key]
             t0 = time.perf_counter()
             measured = run_table(table, scale, seeds, extra, runs / scale, console)
             seconds = sum(m.seconds for m in measured)
+            run_seconds.update((m.run_dir, m.seconds) for m in measured)
             section = report.table_markdown(table, measured, seconds, seeds)
             (target / f"{key}.md").write_text(section)
             report.write_csv(measured, target / f"{key}.csv")
@@ -95,6 +97,7 @@ def main(
 
         t0 = time.perf_counter()
         speed = run_speed(quick=quick_speed)
+        run_seconds["speed"] = time.perf_counter() - t0
         (target / "speed.json").write_text(json.dumps(speed, indent=1, default=str))
         plot_solver_speed(speed, target / "speed.png")
         section = speed_markdown(speed)
@@ -111,6 +114,7 @@ def main(
             "software": f"natkit, torch {torch.__version__}, python {platform.python_version()}",
             "date": time.strftime("%Y-%m-%d %H:%M %Z"),
             "minutes": (time.perf_counter() - started) / 60, "scale": scale,
+            "compute_minutes": sum(run_seconds.values()) / 60,
             "scale_about": "; ".join(SCALES[scale]) or "defaults", "summary": findings,
         }
         path.parent.mkdir(parents=True, exist_ok=True)

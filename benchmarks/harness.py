@@ -26,6 +26,8 @@ from natkit.checkpoint import CHECKPOINT, atomic_write_json
 from natkit.evaluation.protocol import evaluate_run
 
 RECORD = "bench.json"
+# two standard errors wider than this (3 points) cannot call two settings on par
+ON_PAR_RESOLUTION = 0.03
 
 
 @dataclass
@@ -197,9 +199,12 @@ def verdict(claim: Claim, measurements: list[Measurement]) -> str:
         if diff < -2 * se:
             return f"contradicted ({shown})"
         return f"not shown at this scale: within noise ({shown})"
-    if abs(diff) <= max(2 * se, 0.01):
-        return f"reproduced: on par ({shown})"
-    return f"not reproduced: they differ ({shown})"
+    if abs(diff) > max(2 * se, 0.01):
+        return f"not reproduced: they differ ({shown})"
+    # "no difference" means something only when a real one could have been seen
+    if 2 * se > ON_PAR_RESOLUTION:
+        return f"not shown at this scale: too noisy to tell ({shown})"
+    return f"reproduced: on par ({shown})"
 
 
 def curve_summary(measurements: list[Measurement]) -> dict[int, dict[str, Stat]]:

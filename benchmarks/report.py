@@ -54,7 +54,8 @@ def _grid_lines(table: Table, measurements: list[Measurement]) -> list[str]:
         lines.append("| " + " | ".join(cells) + " |")
     if table.claims:
         lines += ["", "Findings checked (a difference counts when it exceeds two standard "
-                      "errors over seeds):", ""]
+                      "errors over seeds; settings are on par when they differ by less, and two "
+                      "standard errors are within 3 points):", ""]
         lines += [f"- {claim.text}: **{verdict(claim, measurements)}**" for claim in table.claims]
     return lines
 
@@ -136,7 +137,9 @@ def results_markdown(sections: list[str], header: dict[str, Any]) -> str:
         "",
         f"- machine: {header['machine']}",
         f"- software: {header['software']}",
-        f"- finished: {header['date']}; total wall time {header['minutes']:.0f} min",
+        f"- finished: {header['date']}; {header['compute_minutes']:.0f} min of compute in "
+        f"all (every run once, as first measured, and the speed suite); this invocation took "
+        f"{header['minutes']:.0f} min, finished runs being reused",
         f"- scale `{header['scale']}`: {header['scale_about']}",
         "",
         "Paper values marked (u) are as reported in our design notes and could not be checked "

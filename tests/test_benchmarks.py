@@ -91,7 +91,10 @@ def test_verdicts_follow_the_two_standard_error_rule():
     noisy = [m("a", s, v) for s, v in enumerate([0.5, 0.7, 0.6])] + \
             [m("b", s, v) for s, v in enumerate([0.55, 0.65, 0.6])]
     assert "within noise" in verdict(Claim("", "greater", "a", "b", "linear"), noisy)
-    assert verdict(Claim("", "on_par", "a", "b", "linear"), noisy).startswith("reproduced")
+    assert "too noisy to tell" in verdict(Claim("", "on_par", "a", "b", "linear"), noisy)
+    tight = [m("a", s, v) for s, v in enumerate([0.600, 0.605, 0.610])] + \
+            [m("b", s, v) for s, v in enumerate([0.602, 0.607, 0.603])]
+    assert verdict(Claim("", "on_par", "a", "b", "linear"), tight).startswith("reproduced")
     assert "one seed" in verdict(Claim("", "greater", "a", "b", "linear"), better[:1] + better[3:4])
 
 
