@@ -17,6 +17,7 @@ from rich.console import Console
 from benchmarks import report
 from benchmarks.harness import curve_summary, curve_verdict, run_table, verdict
 from benchmarks.tables import SCALES, TABLES
+from natkit import config as cfg
 from natkit.errors import NatkitError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
@@ -28,6 +29,17 @@ def _machine() -> str:
 
     info = machine()
     return ", ".join(f"{k} {v}" for k, v in info.items() if v not in (None, ""))
+
+
+def _steps_per_run(scale: str, extra: tuple[str, ...]) -> str:
+    """How many SGD steps a run of this scale makes, when the dataset's size is known."""
+    config = cfg.build(overrides=[*SCALES[scale], *extra])
+    n = config.data.get("num_train")
+    if not isinstance(n, int):
+        return ""
+    steps = config.train.epochs * (n // config.train.batch_size)
+    return (f" (so a run makes {steps} SGD steps: {config.train.epochs} epochs of "
+            f"{n // config.train.batch_size} batches of {config.train.batch_size})")
 
 
 @app.command()
@@ -115,7 +127,8 @@ def main(
             "date": time.strftime("%Y-%m-%d %H:%M %Z"),
             "minutes": (time.perf_counter() - started) / 60, "scale": scale,
             "compute_minutes": sum(run_seconds.values()) / 60,
-            "scale_about": "; ".join(SCALES[scale]) or "defaults", "summary": findings,
+            "scale_about": "; ".join(SCALES[scale]) + _steps_per_run(scale, extra),
+            "summary": findings,
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         figures = [f"{text}\n![{title}]({os.path.relpath(png, path.parent)})\n"

@@ -83,8 +83,11 @@ def measure(table: Table, label: str, setting_overrides: tuple[str, ...], scale:
     run_dir = runs / run_key(config)
     record = run_dir / RECORD
     if record.exists():
-        # the same run may be a row of several tables, under a different label in each
-        return Measurement(**{**json.loads(record.read_text()), "setting": label})
+        stored = json.loads(record.read_text())
+        # the same run may be a row of several tables, under a different label in each;
+        # JSON keeps the curve's epochs as strings, which would sort "12" before "2"
+        return Measurement(**{**stored, "setting": label,
+                              "curve": {int(e): v for e, v in stored["curve"].items()}})
     quiet = Console(quiet=True)
     started = time.perf_counter()
     curve: dict[int, dict[str, float]] = {}

@@ -116,6 +116,11 @@ def plot_table(table: Table, measurements: list[Measurement], path: Path) -> Non
                    yerr=[100 * stats[lab].std if lab in stats else 0 for lab in labels],
                    capsize=3, label=METRIC_NAMES[metric])
         ax.set_xticks([j + width * (len(metrics) - 1) / 2 for j in range(len(labels))], labels)
+        # the bar a trained network has to clear: the same network at random init
+        baseline = [m.random_init["linear"] for m in measurements if "linear" in m.random_init]
+        if baseline:
+            ax.axhline(100 * sum(baseline) / len(baseline), color="black", linestyle="--",
+                       linewidth=1, label="random init (linear probe)")
         ax.set_ylabel("accuracy (%)")
         ax.legend(fontsize=8)
     ax.set_title(table.title, fontsize=10)

@@ -176,7 +176,6 @@ def on_files(files, config):
     """Add the benchmark figures to the site."""
     if FIGURES.is_dir():
         for png in sorted(FIGURES.glob("*.png")):
-            files.append(File(os.path.relpath(png, FIGURES), str(FIGURES),
-                              os.path.join(config["site_dir"], "img", "benchmarks"),
-                              config["use_directory_urls"]))
+            files.append(File.generated(config, f"img/benchmarks/{png.name}",
+                                        abs_src_path=str(png)))
     return files

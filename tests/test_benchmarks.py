@@ -10,7 +10,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from benchmarks.__main__ import app
-from benchmarks.harness import Measurement, Stat, verdict
+from benchmarks.harness import Measurement, Stat, measure, verdict
 from benchmarks.tables import TABLES, Claim
 
 runner = CliRunner()
@@ -52,6 +52,14 @@ def test_finished_runs_are_reused(host, tmp_path):
     again = runner.invoke(app, args)
     assert again.exit_code == 0
     assert sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir()) == runs
+
+
+def test_a_reused_curve_keeps_its_epochs_as_numbers(host, tmp_path):
+    args = (TABLES["epochs"], "nat", (), "tiny", 0, (*MINIMAL, "train.epochs=2"), tmp_path)
+    first = measure(*args)
+    again = measure(*args)  # read back from the run's record
+    assert list(first.curve) == list(again.curve) == [0, 1, 2]
+    assert again.curve == first.curve and again.trained == first.trained
 
 
 def test_the_paper_scale_starts_on_an_image_folder(host, tmp_path):
