@@ -107,7 +107,7 @@ def plot_table(table: Table, measurements: list[Measurement], path: Path) -> Non
         ax.legend()
     else:
         labels = [s.label for s in table.settings]
-        metrics = [m for m in table.metrics]
+        metrics = table.metrics
         width = 0.8 / len(metrics)
         for i, metric in enumerate(metrics):
             stats = summarise(measurements, metric)

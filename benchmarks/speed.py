@@ -106,11 +106,6 @@ def describe(info: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- timing
 
 
-def resolve_device(spec: str) -> torch.device:
-    """``auto`` means CUDA when available, as in a run's config."""
-    return engine.pick_device(spec)
-
-
 def synchronizer(device: torch.device) -> Sync:
     """A function that waits for the device's queued work (a no-op on the CPU)."""
     if device.type == "cuda":
@@ -185,7 +180,7 @@ def solver_speed(sizes: Sequence[int] = (64, 128, 256, 512, 1024, 2048, 4096), r
                  dim: int = 2048, seed: int = 0, budget_s: float = 20.0, *,
                  solvers: Sequence[str] | None = None, device: str = "auto") -> list[dict[str, Any]]:
     """Median solve time and optimality gap of every registered solver at each batch size."""
-    dev = resolve_device(device)
+    dev = engine.pick_device(device)
     sync = synchronizer(dev)
     names = list(solvers) if solvers is not None else natkit.list_components("solver")
     built = {name: natkit.create_solver(name) for name in names}
@@ -346,7 +341,7 @@ def _targets_at(name: str, dim: int, k: int) -> Any:
 def assignment_memory(n: int = IMAGENET_TRAIN, dims: Sequence[int] = (128, 2048), k: int = 1000,
                       batch: int = 256, repeats: int = 5, device: str = "cpu") -> list[dict[str, Any]]:
     """Bytes of P and of a cached bank at n images, and the measured cost of regenerating targets."""
-    dev = resolve_device(device)
+    dev = engine.pick_device(device)
     sync = synchronizer(dev)
     default_limit_mb = cfg.NatConfig().cache_targets_mb
     rows = []
@@ -372,8 +367,8 @@ def assignment_memory(n: int = IMAGENET_TRAIN, dims: Sequence[int] = (128, 2048)
                 "bank_bytes": bank,
                 "cached_bytes": perm_bytes + bank,
                 "regenerated_bytes": perm_bytes + held.element_size() * held.nelement(),
-                "regenerating": getattr(state, "_bank", None) is None,
-                "cached_under_default_limit": bank <= default_limit_mb * 2**20,
+                "regenerating": not state.cached,
+                "cached_under_default_limit": AssignmentState.fits_cache(n, dim, default_limit_mb),
                 "default_limit_mb": default_limit_mb,
                 "regen_batch": batch, "regen_s": statistics.median(regen),
                 "regen_epoch_s": statistics.median(regen) * math.ceil(n / batch),

@@ -42,20 +42,32 @@ class AssignmentState:
         self.device = torch.device(device)
         self.perm = torch.randperm(num_images, generator=generator).to(self.device)
         self._bank: torch.Tensor | None = None
-        if num_images * targets.dim * 4 <= cache_limit_mb * 2**20:
+        if self.fits_cache(num_images, targets.dim, cache_limit_mb):
             self._bank = targets(torch.arange(num_images, device=self.device))
+
+    @staticmethod
+    def fits_cache(num_images: int, dim: int, cache_limit_mb: float) -> bool:
+        """Whether a float32 bank of ``num_images`` targets is kept in memory under the limit."""
+        return num_images * dim * 4 <= cache_limit_mb * 2**20
+
+    @property
+    def cached(self) -> bool:
+        """Whether the whole bank is held in memory (else targets are regenerated per batch)."""
+        return self._bank is not None
+
+    def _by_id(self, ids: torch.Tensor) -> torch.Tensor:
+        return self._bank[ids] if self._bank is not None else self.targets(ids)
 
     def targets_of(self, indices: torch.Tensor) -> torch.Tensor:
         """The current targets of the images ``indices``, ``[b, dim]``."""
-        ids = self.perm[indices.to(self.device)]
-        return self._bank[ids] if self._bank is not None else self.targets(ids)
+        return self._by_id(self.perm[indices.to(self.device)])
 
     def propose(self, indices: torch.Tensor, features: torch.Tensor,
                 solver: Callable[[torch.Tensor], torch.Tensor]) -> Reassignment:
         """Solve the batch's assignment problem; P itself is left unchanged."""
         indices = indices.to(self.device)
         ids = self.perm[indices]
-        held = self._bank[ids] if self._bank is not None else self.targets(ids)
+        held = self._by_id(ids)
         # unit vectors: ||f - c||^2 = 2 - 2 <f, c>, so the inner product is the whole cost
         cost = -(features.detach().float() @ held.to(features.device, torch.float32).t())
         cols = solver(cost).to(self.device)

@@ -62,9 +62,15 @@ def test_an_exact_solver_finds_the_best_targets_held_by_the_batch(host):
     assert update.cost_after == pytest.approx(-6.0, abs=1e-5)
 
 
+def test_the_cache_limit_is_in_mebibytes_of_float32():
+    assert AssignmentState.fits_cache(2**20, 256, 1024.0)  # exactly 1 GiB
+    assert not AssignmentState.fits_cache(2**20 + 1, 256, 1024.0)
+    assert not AssignmentState.fits_cache(1, 1, 0.0)
+
+
 def test_regenerated_targets_equal_the_cached_bank():
     cached, regenerated = make_state(cache=1024.0), make_state(cache=0.0)
-    assert cached._bank is not None and regenerated._bank is None
+    assert cached.cached and not regenerated.cached
     idx = torch.tensor([3, 1, 4, 1, 5])
     torch.testing.assert_close(cached.targets_of(idx), regenerated.targets_of(idx))
 
