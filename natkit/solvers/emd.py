@@ -28,10 +28,13 @@ class EMDSolver(Solver):
         # POT's default of 100000 iterations stops short (with only a warning) from b ~ 4096
         iters = self.num_iter_max or max(100_000, 50 * b * b)
         ones = np.ones(b)  # unit masses: an optimal vertex is then an exact 0/1 matrix
+        m = cost.detach().to("cpu", torch.float64).numpy()
+        # POT 0.9.7 calls some costs with negative entries "infeasible" (all -2: result_code 0);
+        # a constant shift adds b * shift to every permutation, so the optimum is unchanged
+        m = m - m.min()
         with warnings.catch_warnings():  # an early stop is raised below, with advice
             warnings.simplefilter("ignore", UserWarning)
-            plan, log = ot.emd(ones, ones, cost.detach().to("cpu", torch.float64).numpy(),
-                               numItermax=iters, log=True)
+            plan, log = ot.emd(ones, ones, m, numItermax=iters, log=True)
         if log["result_code"] != _OPTIMAL:
             raise RuntimeError(
                 f"ot.emd stopped before optimality ({log.get('warning')}); raise num_iter_max"
