@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from natkit.solvers import InvalidSolution, solution_problem
 from natkit.targets import Targets
 
 
@@ -64,21 +65,35 @@ class AssignmentState:
 
     def propose(self, indices: torch.Tensor, features: torch.Tensor,
                 solver: Callable[[torch.Tensor], torch.Tensor]) -> Reassignment:
-        """Solve the batch's assignment problem; P itself is left unchanged."""
+        """Solve the batch's assignment problem; P itself is left unchanged.
+
+        The solver's answer is validated (raising :class:`InvalidSolution`), in the
+        same single device-to-host transfer that reads the batch's statistics.
+        """
         indices = indices.to(self.device)
         ids = self.perm[indices]
         held = self._by_id(ids)
         # unit vectors: ||f - c||^2 = 2 - 2 <f, c>, so the inner product is the whole cost
         cost = -(features.detach().float() @ held.to(features.device, torch.float32).t())
-        cols = solver(cost).to(self.device)
-        rows = torch.arange(len(indices), device=cost.device)
-        return Reassignment(
-            indices=indices,
-            new_ids=ids[cols],
-            changed=float((cols != rows.to(self.device)).float().mean()),
-            cost_before=float(cost.diagonal().sum()),
-            cost_after=float(cost[rows, cols.to(cost.device)].sum()),
-        )
+        b = len(indices)
+        cols = solver(cost)
+        problem = solution_problem(cols, b)
+        if problem is not None:
+            raise InvalidSolution(f"returned {problem}")
+        rows = torch.arange(b, device=cost.device)
+        # clamped so that a bad answer cannot index out of bounds before it is refused
+        safe = cols.to(cost.device, torch.int64).clamp(0, max(b - 1, 0))
+        stats = torch.stack([
+            (torch.sort(cols.to(cost.device)).values == rows).all().float(),
+            (safe != rows).float().mean(),
+            cost.diagonal().sum(),
+            cost[rows, safe].sum(),
+        ]).tolist()  # the one host synchronisation of a reassignment
+        if stats[0] != 1.0:
+            raise InvalidSolution(f"returned values that are not each of 0..{b - 1} once")
+        cols = safe.to(self.device)
+        return Reassignment(indices=indices, new_ids=ids[cols], changed=stats[1],
+                            cost_before=stats[2], cost_after=stats[3])
 
     def apply(self, update: Reassignment) -> None:
         """Write a batch's new target ids into P."""

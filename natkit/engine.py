@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import time
@@ -36,17 +37,19 @@ from natkit.checkpoint import (
     read_metrics,
     save_checkpoint,
 )
-from natkit.errors import CheckpointError, ConfigError, DataError, TrainingDiverged
+from natkit.errors import CheckpointError, ConfigError, DataError, SolverError, TrainingDiverged
 from natkit.model import Network, ProjectionHead
 from natkit.plugins import get_host
 from natkit.progress import TrainingProgress
 from natkit.schedule import learning_rate
 from natkit.seeding import generator, seed_for
+from natkit.solvers import InvalidSolution
+from natkit.transfer import prefetch, to_device
 
 CHECKPOINT_FORMAT = 1
 # Settings a resumed run may change: they do not alter what is computed.
 RESUMABLE_CHANGES = ("device", "train.epochs", "train.num_workers", "train.log_every",
-                     "train.checkpoint_every")
+                     "train.checkpoint_every", "train.channels_last", "train.compile")
 
 
 def pick_device(spec: str) -> torch.device:
@@ -137,6 +140,8 @@ class Run:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
+        elif self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv once
         self.dataset = load_dataset(config, config.train.split)
         n = len(self.dataset)
         if config.train.batch_size > n:
@@ -146,6 +151,11 @@ class Run:
             raise ConfigError(f"mode: supervised training needs labels, but split "
                               f"'{config.train.split}' has unlabeled images")
         self.model = initial_network(config, self.dataset).to(self.device)
+        self.memory_format = (torch.channels_last if config.train.channels_last
+                              else torch.contiguous_format)
+        self.model.to(memory_format=self.memory_format)
+        # the compiled callable shares the module's parameters; checkpoints keep plain keys
+        self.forward = torch.compile(self.model) if config.train.compile else self.model
         taps = self.model.backbone.tap_names
         if config.eval.enabled and config.eval.layer not in taps:  # fail now, not after training
             raise ConfigError(f"eval.layer: '{config.eval.layer}' is not a tap of backbone "
@@ -200,7 +210,11 @@ class Run:
         }
 
     def save(self) -> None:
-        """Write checkpoint.pt atomically."""
+        """Write checkpoint.pt atomically; never a network with non-finite weights or statistics."""
+        bad = next((name for name, t in self.model.state_dict().items()
+                    if t.is_floating_point() and not torch.isfinite(t).all()), None)
+        if bad is not None:
+            raise self._diverged(f"the network ({bad})")
         save_checkpoint(self.state_dict(), self.checkpoint_path)
 
     def load(self, state: dict[str, Any]) -> None:
@@ -258,13 +272,18 @@ class Run:
                     update = self.assignment.reassign(indices, out.detach(), self.solver)
                 except FloatingPointError:
                     raise self._diverged("the features") from None
+                except InvalidSolution as exc:
+                    b = len(indices)
+                    raise SolverError(f"solver '{self.config.solver['name']}' {exc}; a solver must "
+                                      f"return a permutation of 0..{b - 1} as an integer tensor "
+                                      f"of shape ({b},)") from None
             targets = self.assignment.targets_of(indices).to(out)
             loss = (out - targets).pow(2).sum(dim=1).mean()
             if update is None:
                 return loss, None
             return loss, {"changed": update.changed, "cost_before": update.cost_before,
                           "cost_after": update.cost_after}
-        labels = labels.to(out.device)
+        labels = labels.to(out.device, non_blocking=True)
         if self.config.supervised.loss == "softmax":
             return F.cross_entropy(out, labels), None
         one_hot = F.one_hot(labels, out.shape[1]).to(out)
@@ -273,21 +292,26 @@ class Run:
     def _diverged(self, what: str) -> TrainingDiverged:
         kept = (f"the last good checkpoint (epoch {self._saved_epoch}) is kept in "
                 f"{self.checkpoint_path}" if self.checkpoint_path.exists() else "no checkpoint yet")
-        return TrainingDiverged(f"{what} became NaN or infinite at step {self.step} (epoch "
+        return TrainingDiverged(f"{what} became NaN or infinite by step {self.step} (epoch "
                                 f"{self.epoch + 1}); {kept}; try a lower train.lr")
 
     def train_step(self, images: torch.Tensor, indices: torch.Tensor, labels: torch.Tensor,
                    reassign: bool) -> tuple[torch.Tensor, dict[str, Any] | None]:
-        """Augment, forward, (reassign,) compute the loss and take one SGD step."""
+        """Augment, forward, (reassign,) compute the loss and take one SGD step.
+
+        The host never waits for the device here, except for a reassignment's
+        solve: the returned loss stays on the device, and the caller checks it
+        is finite when it reads it (every ``train.log_every`` steps and at the
+        end of each epoch), before any checkpoint is written.
+        """
         a = self.config.augment
-        x = random_resized_crop(images.to(self.device, non_blocking=True), self.augment_generator,
+        x = random_resized_crop(to_device(images, self.device), self.augment_generator,
                                 a.crop_scale, a.crop_ratio, a.flip)
+        x = x.contiguous(memory_format=self.memory_format)
         amp = self.config.train.amp and self.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            out = self.model(x)
+            out = self.forward(x)
         loss, reassigned = self._loss(out.float(), indices, labels, reassign)
-        if not torch.isfinite(loss):
-            raise self._diverged("the loss")
         lr = self._lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -338,7 +362,8 @@ class Run:
         started = window_start = time.perf_counter()
         window_images = 0
         done_here = 0
-        stream = iterate_batches(self.dataset, batches[self.batch_in_epoch:], t.num_workers)
+        stream = prefetch(iterate_batches(self.dataset, batches[self.batch_in_epoch:],
+                                          t.num_workers), self.device)
         for images, indices, labels in stream:
             loss, reassigned = self.train_step(images, indices, labels, reassign)
             self.batch_in_epoch += 1
@@ -352,10 +377,13 @@ class Run:
                                                          **reassigned})
             record = None
             if self.step % t.log_every == 0:
+                value = float(loss)  # the step's one host synchronisation, every log_every steps
+                if not math.isfinite(value):
+                    raise self._diverged("the loss")
                 now = time.perf_counter()
                 speed = window_images / max(now - window_start, 1e-9)
                 record = {"kind": "step", "epoch": epoch, "step": self.step,
-                          "loss": float(loss), "lr": self._lr(), "images_per_s": speed}
+                          "loss": value, "lr": self._lr(), "images_per_s": speed}
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
                 window_start, window_images = now, 0
@@ -364,12 +392,15 @@ class Run:
                              record["images_per_s"] if record else None)
             if self._stop_requested:
                 return False
+        mean_loss = float(sums["loss"]) / max(done_here, 1)
+        if not math.isfinite(mean_loss):
+            raise self._diverged("the loss")
         seconds = time.perf_counter() - started
         self.epoch += 1
         self.batch_in_epoch = 0
         summary = {
             "kind": "epoch", "epoch": epoch, "step": self.step,
-            "loss": float(sums["loss"]) / max(done_here, 1),
+            "loss": mean_loss,
             "changed": sums["changed"] / sums["reassigned"] if sums["reassigned"] else None,
             "lr": self._lr(), "seconds": seconds,
             "images_per_s": done_here * t.batch_size / max(seconds, 1e-9),

@@ -34,6 +34,10 @@ class TrainingDiverged(NatkitError):
     exit_code = 1
 
 
+class SolverError(NatkitError):
+    """An assignment solver returned something that is not a permutation of its batch."""
+
+
 class PluginError(NatkitError):
     """A plugin broke a rule of the plugin API (e.g. registered a name twice)."""
 

@@ -30,7 +30,8 @@ TINY = [
     "train.batch_size=16", "train.epochs=2", "train.warmup_steps=2", "train.log_every=2",
     "eval.linear_iterations=20", "eval.mlp_epochs=3", "eval.mlp_hidden=16", "eval.knn_k=[1,3]",
     "eval.linear_weight_decay=[0.0001,0.01]", "eval.mlp_weight_decay=[0.001]",
-    "device=cpu",
+    # NATKIT_TEST_DEVICE=cuda runs the same tiny runs on a GPU (the device check of benchmarks/gpu.sh)
+    f"device={os.environ.get('NATKIT_TEST_DEVICE', 'cpu')}",
 ]
 
 

@@ -38,6 +38,25 @@ def check_cost(cost: torch.Tensor) -> None:
         raise FloatingPointError("cost matrix holds NaN or infinite values")
 
 
+class InvalidSolution(ValueError):
+    """A solver returned something that is not a permutation of its batch."""
+
+
+def solution_problem(perm: object, b: int) -> str | None:
+    """What makes ``perm`` an invalid answer for a batch of ``b``, judged without a host sync.
+
+    Checks type, dtype and shape only; the values (each of 0..b-1 once) need the
+    device and are checked by :func:`is_permutation` or by the caller in one sync.
+    """
+    if not isinstance(perm, torch.Tensor):
+        return f"a {type(perm).__name__}, not a tensor"
+    if perm.dtype.is_floating_point or perm.dtype.is_complex or perm.dtype == torch.bool:
+        return f"a {str(perm.dtype).removeprefix('torch.')} tensor, not integers"
+    if tuple(perm.shape) != (b,):
+        return f"shape {tuple(perm.shape)}, not ({b},)"
+    return None
+
+
 def is_permutation(perm: torch.Tensor, b: int) -> bool:
     """Whether ``perm`` holds each of 0..b-1 exactly once."""
     return perm.shape == (b,) and bool((torch.sort(perm).values.cpu() == torch.arange(b)).all())
