@@ -114,8 +114,16 @@ def main(
         plot_solver_speed(speed, target / "speed.png")
         section = speed_markdown(speed)
         (target / "speed.md").write_text(section)
+        results_path = results or (Path("benchmarks/RESULTS.md") if scale == "tiny"
+                                   else target / "RESULTS.md")
+        section += "\n" + report.gpu_links(out, results_path.parent)
         sections.append((section, "solver speed", target / "speed.png"))
         console.print(f"[speed] done in {(time.perf_counter() - t0) / 60:.1f} min", highlight=False)
+        if "all" not in names and results_path.is_file():  # the other sections stay as measured
+            png = os.path.relpath(target / "speed.png", results_path.parent)
+            figure = f"{section}\n![solver speed]({png})\n"
+            results_path.write_text(report.replace_speed_section(results_path.read_text(), figure))
+            console.print(f"updated the speed section of {results_path}", highlight=False)
     if "all" in names:
         path = results or (Path("benchmarks/RESULTS.md") if scale == "tiny"
                            else target / "RESULTS.md")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +161,26 @@ def results_markdown(sections: list[str], header: dict[str, Any]) -> str:
         lines += ["## What reproduces at this scale", "", *header["summary"], ""]
     lines += ["## Tables", ""]
     return "\n".join(lines) + "\n" + "\n".join(sections)
+
+
+SPEED_HEADING = "### Speed: the assignment solvers and the cost of NAT"
+
+
+def replace_speed_section(results: str, section: str) -> str:
+    """RESULTS.md text with its speed section (heading to figure) replaced by ``section``."""
+    start = results.find(SPEED_HEADING)
+    if start < 0:
+        return results.rstrip("\n") + "\n\n" + section
+    end = results.find("![solver speed]", start)
+    end = results.find("\n", end) + 1 if end >= 0 else len(results)
+    return results[:start] + section + results[end:]
+
+
+def gpu_links(results_dir: Path, relative_to: Path) -> str:
+    """A paragraph pointing at the GPU speed tables measured on lent machines, if any."""
+    found = sorted(results_dir.glob("gpu-*/speed.md"))
+    if not found:
+        return ""
+    links = ", ".join(f"[{md.parent.name}]({os.path.relpath(md, relative_to)})" for md in found)
+    return (f"The same suite on a GPU (the solvers on the device, the paper configuration's step, "
+            f"the speed switches): {links}.\n")

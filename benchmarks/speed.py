@@ -14,7 +14,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -178,12 +178,16 @@ def time_solver(solver: Callable[[torch.Tensor], torch.Tensor], cost: torch.Tens
 
 def solver_speed(sizes: Sequence[int] = (64, 128, 256, 512, 1024, 2048, 4096), repeats: int = 7,
                  dim: int = 2048, seed: int = 0, budget_s: float = 20.0, *,
-                 solvers: Sequence[str] | None = None, device: str = "auto") -> list[dict[str, Any]]:
-    """Median solve time and optimality gap of every registered solver at each batch size."""
+                 solvers: Sequence[str] | None = None, device: str = "auto",
+                 extra: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
+                 ) -> list[dict[str, Any]]:
+    """Median solve time and optimality gap of every registered solver (and ``extra``) at each b."""
     dev = engine.pick_device(device)
     sync = synchronizer(dev)
     names = list(solvers) if solvers is not None else natkit.list_components("solver")
     built = {name: natkit.create_solver(name) for name in names}
+    built.update(extra or {})
+    names = list(built)
     history: dict[str, list[tuple[int, float]]] = {name: [] for name in names}
     rows: list[dict[str, Any]] = []
     for b in sorted(sizes):
@@ -245,16 +249,31 @@ class TimedSolver:
         return getattr(self.solver, name)  # e.g. ``exact``
 
 
-def _batches(run: engine.Run, count: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """The first ``count`` batches of the run's first epoch, loaded (cycled if too few)."""
+def _batches(run: engine.Run, count: int,
+             on_device: bool = False) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The first ``count`` batches of the run's first epoch, loaded (cycled if too few).
+
+    With ``on_device`` they are moved to the run's device ahead of timing, so the
+    step is timed without the loader and the host-to-device copy.
+    """
     order = run.epoch_batches(0)  # the run's own batch indices, as training draws them
     rows = [order[i % len(order)] for i in range(min(count, len(order)))]
-    return [(run.dataset.get_batch(idx), idx, run.dataset.labels[idx]) for idx in rows]
+    batches = [(run.dataset.get_batch(idx), idx, run.dataset.labels[idx]) for idx in rows]
+    if on_device:
+        batches = [tuple(t.to(run.device) for t in batch) for batch in batches]
+    return batches
 
 
 def step_speed(config_overrides: Sequence[str] = (), steps: int = 20,
-               warmup: int = 3) -> dict[str, Any]:
-    """Run.train_step of NAT (with and without reassignment) against supervised, interleaved."""
+               warmup: int = 3, *, on_device: bool = False, block: int = 1,
+               label: str = "") -> dict[str, Any]:
+    """Run.train_step of NAT (with and without reassignment) against supervised, interleaved.
+
+    Each timing covers ``block`` consecutive steps of one case between two device
+    synchronisations, so on a GPU the host queues a step while the previous one
+    runs, as in training. The solver is timed in separate reassignment steps
+    afterwards: timing it inside the main loop would add synchronisations.
+    """
     overrides = list(config_overrides)
     configs = {mode: cfg.build(overrides=[*overrides, f"mode={mode}"])
                for mode in ("nat", "supervised")}
@@ -263,28 +282,34 @@ def step_speed(config_overrides: Sequence[str] = (), steps: int = 20,
         nat = engine.Run(configs["nat"], Path(tmp) / "nat", console=quiet)
         sup = engine.Run(configs["supervised"], Path(tmp) / "supervised", console=quiet)
         sync = synchronizer(nat.device)
-        solver = TimedSolver(nat.solver, sync)
-        nat.solver = solver
         rounds = warmup + steps
-        data = {"nat": _batches(nat, rounds), "supervised": _batches(sup, rounds)}
+        data = {"nat": _batches(nat, rounds * block, on_device),
+                "supervised": _batches(sup, rounds * block, on_device)}
+
+        def repeat(run: engine.Run, batches: list[Any], reassign: bool) -> Callable[[int], Any]:
+            def go(i: int) -> None:
+                for j in range(i * block, (i + 1) * block):
+                    run.train_step(*batches[j % len(batches)], reassign)
+            return go
+
         cases: dict[str, Callable[[int], Any]] = {
-            "nat_reassign": lambda i: nat.train_step(*data["nat"][i % len(data["nat"])], True),
-            "nat_fixed": lambda i: nat.train_step(*data["nat"][i % len(data["nat"])], False),
-            "supervised": lambda i: sup.train_step(*data["supervised"][i % len(data["supervised"])],
-                                                   False),
+            "nat_reassign": repeat(nat, data["nat"], True),
+            "nat_fixed": repeat(nat, data["nat"], False),
+            "supervised": repeat(sup, data["supervised"], False),
         }
         names = list(cases)
         times: dict[str, list[float]] = {name: [] for name in names}
-        solve_times: list[float] = []
         for i in range(rounds):
             # interleaved, and the order rotated, so load drift and cache effects hit every case
             for name in names[i % 3:] + names[: i % 3]:
-                calls = len(solver.seconds)
                 seconds, _ = timed(lambda name=name, i=i: cases[name](i), sync)
                 if i >= warmup:
-                    times[name].append(seconds)
-                    if name == "nat_reassign":
-                        solve_times += solver.seconds[calls:]
+                    times[name].append(seconds / block)
+        solver = TimedSolver(nat.solver, sync)
+        nat.solver = solver
+        for i in range(steps):
+            nat.train_step(*data["nat"][i % len(data["nat"])], True)
+        solve_times = solver.seconds
         config = configs["nat"]
         solver_name = config.solver["name"]
         device = str(nat.device)
@@ -297,10 +322,11 @@ def step_speed(config_overrides: Sequence[str] = (), steps: int = 20,
     solve = statistics.median(solve_times) if solve_times else 0.0
     b = config.train.batch_size
     return {
+        "label": label, "overrides": overrides, "on_device": on_device,
         "device": device, "batch_size": b, "dataset": config.data["name"],
         "image_size": config.data.get("image_size"), "backbone": config.backbone,
         "solver": solver_name, "targets": config.targets, "permute_every": k,
-        "steps": steps, "warmup": warmup,
+        "steps": steps, "warmup": warmup, "block": block,
         "median_s": median, "iqr_s": spread, "period_s": period,
         "images_per_s": {name: b / seconds for name, seconds in median.items()},
         "ratios": {
@@ -380,34 +406,111 @@ def assignment_memory(n: int = IMAGENET_TRAIN, dims: Sequence[int] = (128, 2048)
 # ---------------------------------------------------------------- the whole suite
 
 
-def run_speed(quick: bool = False) -> dict[str, Any]:
+# The paper's configuration (full AlexNet at 224 px, fc6-fc7 head, batch 256, d = 2048) on enough
+# generated images for a few distinct batches.
+PAPER_STEP_OVERRIDES = (
+    "data.image_size=224", "data.num_train=1024", "data.num_test=16",
+    "backbone.widths=[96,256,384,384,256]", "backbone.fc=[4096,4096]", "head.hidden=null",
+    "targets.dim=2048", "train.batch_size=256",
+)
+# What a CUDA run should switch on (measured by the switches table of the GPU suite).
+CUDA_SWITCHES = ("train.amp=true", "train.channels_last=true")
+GPU_STEP_SOLVERS = ("hungarian", "greedy", "sinkhorn")
+
+
+def step_cases(device: torch.device, quick: bool) -> list[tuple[str, tuple[str, ...]]]:
+    """The configurations whose step is timed: the default, and on CUDA the paper's per solver."""
+    if quick:
+        return [("embedded default (tiny)", QUICK_STEP_OVERRIDES)]
+    cases = [("embedded default", (f"device={device}",))]
+    if device.type == "cuda":
+        cases.append(("embedded default, amp + channels_last", (f"device={device}", *CUDA_SWITCHES)))
+        cases += [(f"paper configuration, amp + channels_last, {name}",
+                   (f"device={device}", *PAPER_STEP_OVERRIDES, *CUDA_SWITCHES, f"solver.name={name}"))
+                  for name in GPU_STEP_SOLVERS]
+    return cases
+
+
+SWITCHES = (
+    ("float32", ()),
+    ("amp (bfloat16 autocast)", ("train.amp=true",)),
+    ("amp + channels_last", ("train.amp=true", "train.channels_last=true")),
+    ("amp + channels_last + compile", ("train.amp=true", "train.channels_last=true",
+                                       "train.compile=true")),
+)
+
+
+def switch_speed(device: str, overrides: Sequence[str] = PAPER_STEP_OVERRIDES, steps: int = 10,
+                 warmup: int = 3, block: int = 5) -> list[dict[str, Any]]:
+    """NAT steps without reassignment under each speed switch, batches already on the device."""
+    quiet = Console(stderr=True, quiet=True)
+    rows = []
+    for label, switches in SWITCHES:
+        config = cfg.build(overrides=[f"device={device}", *overrides, *switches])
+        with tempfile.TemporaryDirectory(prefix="natkit-switch-") as tmp:
+            run = engine.Run(config, Path(tmp) / "run", console=quiet)
+            sync = synchronizer(run.device)
+            batches = _batches(run, block, on_device=True)
+            times = []
+
+            def block_of_steps(run: engine.Run = run, batches: list[Any] = batches) -> None:
+                for batch in batches:
+                    run.train_step(*batch, False)
+
+            for i in range(warmup + steps):  # the warm-up absorbs cudnn's search and compilation
+                seconds, _ = timed(block_of_steps, sync)
+                if i >= warmup:
+                    times.append(seconds / block)
+        median = statistics.median(times)
+        rows.append({"switches": label, "overrides": list(switches), "median_s": median,
+                     "iqr_s": _iqr(times), "images_per_s": config.train.batch_size / median})
+    for row in rows:
+        row["speedup"] = rows[0]["median_s"] / row["median_s"]
+    return rows
+
+
+def run_speed(quick: bool = False, device: str = "auto") -> dict[str, Any]:
     """Every measurement of the suite; ``quick`` uses tiny sizes (a CI smoke run)."""
+    from benchmarks.candidates import candidate_solvers
+
     started = time.perf_counter()
+    dev = engine.pick_device(device)
     seconds: dict[str, float] = {}
     if quick:
         solver_args: dict[str, Any] = {"sizes": (16, 32, 64), "repeats": 3, "dim": 64,
                                        "budget_s": 2.0}
-        step_args: dict[str, Any] = {"config_overrides": QUICK_STEP_OVERRIDES, "steps": 2,
-                                     "warmup": 1}
+        step_args: dict[str, Any] = {"steps": 2, "warmup": 1}
         memory_args: dict[str, Any] = {"repeats": 2}
+    elif dev.type == "cuda":
+        solver_args = {"sizes": (256, 512, 1024, 2048, 4096), "repeats": 5, "dim": 2048,
+                       "budget_s": 8.0}
+        step_args = {"steps": 20, "warmup": 3, "block": 5, "on_device": True}
+        memory_args = {"repeats": 7}
     else:
         solver_args = {"sizes": (64, 128, 256, 512, 1024, 2048, 4096), "repeats": 7, "dim": 2048,
                        "budget_s": 20.0}
-        step_args = {"config_overrides": (), "steps": 60, "warmup": 5}
+        step_args = {"steps": 60, "warmup": 5}
         memory_args = {"repeats": 7}
     t0 = time.perf_counter()
-    solvers = solver_speed(**solver_args)
+    solvers = solver_speed(**solver_args, device=str(dev), extra=candidate_solvers())
     seconds["solvers"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    step = step_speed(**step_args)
+    steps = [step_speed(overrides, **step_args, label=label)
+             for label, overrides in step_cases(dev, quick)]
     seconds["step"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     memory = assignment_memory(**memory_args)
     seconds["memory"] = time.perf_counter() - t0
+    switches = []
+    if dev.type == "cuda" and not quick:
+        t0 = time.perf_counter()
+        switches = switch_speed(str(dev))
+        seconds["switches"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - started
     settings = {"solver_speed": solver_args, "step_speed": step_args, "assignment_memory": memory_args}
     return {"machine": machine(), "quick": quick, "settings": _plain(settings),
-            "solvers": solvers, "step": step, "memory": memory, "seconds": seconds}
+            "solvers": solvers, "step": steps[0], "steps": steps, "memory": memory,
+            "switches": switches, "seconds": seconds}
 
 
 def _plain(value: Any) -> Any:
@@ -549,17 +652,31 @@ def speed_markdown(results: dict[str, Any]) -> str:
         lines += ["#### Assignment solvers", "",
                   f"NAT cost -F C^T (unit-norm Gaussian features, sphere targets, d = {first['dim']}, "
                   f"float32 on {first['device']}).", "", *_solver_lines(solvers), ""]
-    step = results.get("step")
-    if step:
+    steps = results.get("steps") or ([results["step"]] if results.get("step") else [])
+    if steps:
+        lines += ["#### Training step: NAT against supervised", ""]
+    for step in steps:
         bb = step["backbone"]
-        lines += ["#### Training step: NAT against supervised", "",
-                  f"Run.train_step at batch {step['batch_size']}, {bb['name']} (widths "
-                  f"{bb.get('widths')}) on {step['dataset']} at {step['image_size']} px, on "
-                  f"{step['device']}; median of {step['steps']} interleaved steps per case after "
-                  f"{step['warmup']} warm-up rounds.", "", *_step_lines(step), ""]
+        where = ("batches already on the device" if step.get("on_device")
+                 else "batches loaded beforehand")
+        lines += [f"**{step.get('label') or 'step'}**: Run.train_step at batch {step['batch_size']}, "
+                  f"{bb['name']} (widths {bb.get('widths')}) on {step['dataset']} at "
+                  f"{step['image_size']} px, solver {step['solver']}, on {step['device']} ({where}); "
+                  f"median over {step['steps']} interleaved rounds of {step.get('block', 1)} "
+                  f"step(s) per case after {step['warmup']} warm-up rounds.", "",
+                  *_step_lines(step), ""]
     memory = results.get("memory")
     if memory:
         lines += ["#### Assignment memory at ImageNet scale", "", *_memory_lines(memory), ""]
+    switches = results.get("switches")
+    if switches:
+        body = [[r["switches"], _ms(r["median_s"]), _ms(r["iqr_s"]), f"{r['images_per_s']:,.0f}",
+                 f"{r['speedup']:.2f}×"] for r in switches]
+        lines += ["#### Speed switches on the paper configuration", "",
+                  "A NAT step without reassignment (AlexNet at 224 px, batch 256, d = 2048), batches "
+                  "already on the device; median per step over blocks of 5 steps. Each switch is "
+                  "a train.* option (amp, channels_last, compile).", "",
+                  *_table(["switches", "median ms", "IQR ms", "images/s", "speed-up"], body), ""]
     lines += ["#### What was measured", "", _statement(results), ""]
     return "\n".join(lines)
 
@@ -576,8 +693,10 @@ def _statement(results: dict[str, Any]) -> str:
             f"included); a (solver, b) cell whose extrapolated time would exceed "
             f"{s.get('budget_s', '?')} s is skipped. Gaps are measured against scipy's optimum "
             f"on the same matrix. Step times are medians of Run.train_step on real batches, the "
-            f"three cases interleaved round by round; the solver's share is its own call timed "
-            f"inside the step. Ratios come from one process and carry over to other machines "
+            f"three cases interleaved round by round, each timing a block of consecutive steps "
+            f"between two device synchronisations; the solver's share is its own call, timed in "
+            f"separate reassignment steps so that its timing adds no synchronisation to the "
+            f"steps above. Ratios come from one process and carry over to other machines "
             f"far better than the absolute times, which describe this machine only.")
     if seconds.get("total"):
         text += f" The suite took {seconds['total']:.0f} s."
@@ -628,8 +747,10 @@ if __name__ == "__main__":
     parser.add_argument("--quick", action="store_true", help="tiny sizes, under a minute (smoke)")
     parser.add_argument("--out", type=Path, default=None,
                         help="directory for speed.md, speed.json and speed.png")
+    parser.add_argument("--device", default="auto",
+                        help="auto, cpu or cuda[:N]; on CUDA the paper configuration's step is timed too")
     args = parser.parse_args()
-    results = run_speed(quick=args.quick)
+    results = run_speed(quick=args.quick, device=args.device)
     text = speed_markdown(results)
     if args.out is not None:
         args.out.mkdir(parents=True, exist_ok=True)
