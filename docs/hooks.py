@@ -3,8 +3,9 @@
 Markers in the Markdown sources are replaced when the site is built:
 ``<!-- cli-reference -->`` (every command and option of the typer app),
 ``<!-- config-reference -->`` (every config key with its default and meaning, and
-every registered component's options) and ``<!-- benchmark-results -->``
-(benchmarks/RESULTS.md, whose figures are copied into the site).
+every registered component's options), ``<!-- benchmark-results -->``
+(benchmarks/RESULTS.md, whose figures are copied into the site) and
+``<!-- gpu-results -->`` (the speed suite's tables measured on lent GPUs).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+import re
 import typing
 from pathlib import Path
 
@@ -23,6 +25,7 @@ os.environ.setdefault("NATKIT_DISABLE_PLUGIN_AUTOLOAD", "1")
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 FIGURES = ROOT / "benchmarks" / "results" / "tiny"
+GPU_RESULTS = ROOT / "benchmarks" / "results"
 
 
 def _type_name(hint: object) -> str:
@@ -159,14 +162,28 @@ def benchmark_results() -> str:
     """benchmarks/RESULTS.md without its title, with figure links pointing into the site."""
     text = RESULTS.read_text()
     body = text.split("\n", 1)[1] if text.startswith("# ") else text
+    body = re.sub(r"\]\(results/(gpu-[\w.-]+)/speed\.md\)", r"](solvers.md#\1)", body)
     return body.replace("](results/tiny/", "](img/benchmarks/")
+
+
+def gpu_results() -> str:
+    """Every GPU speed table under benchmarks/results/gpu-*/, under a heading of its own, with its figure."""
+    parts = []
+    for md in sorted(GPU_RESULTS.glob("gpu-*/speed.md")):
+        name = md.parent.name
+        text = md.read_text().replace("### Speed: the assignment solvers and the cost of NAT", "")
+        figure = f"![{name} solver speed](img/benchmarks/{name}-speed.png)" \
+            if (md.parent / "speed.png").is_file() else ""
+        parts.append(f"### {name}\n\n{text.strip()}\n\n{figure}\n")
+    return "\n".join(parts) or "No GPU measurements yet: run `bash benchmarks/gpu.sh` on one."
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
     """Replace the reference markers with generated Markdown."""
     for marker, make in (("<!-- cli-reference -->", cli_reference),
                          ("<!-- config-reference -->", config_reference),
-                         ("<!-- benchmark-results -->", benchmark_results)):
+                         ("<!-- benchmark-results -->", benchmark_results),
+                         ("<!-- gpu-results -->", gpu_results)):
         if marker in markdown:
             markdown = markdown.replace(marker, make())
     return markdown
@@ -178,4 +195,7 @@ def on_files(files, config):
         for png in sorted(FIGURES.glob("*.png")):
             files.append(File.generated(config, f"img/benchmarks/{png.name}",
                                         abs_src_path=str(png)))
+    for png in sorted(GPU_RESULTS.glob("gpu-*/speed.png")):
+        files.append(File.generated(config, f"img/benchmarks/{png.parent.name}-speed.png",
+                                    abs_src_path=str(png)))
     return files
