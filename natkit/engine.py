@@ -115,15 +115,22 @@ def read_run_config(run_dir: Path) -> cfg.Config:
     return cfg.resolve(cfg.load_yaml(path))
 
 
-def iterate_batches(dataset: Any, batches: torch.Tensor,
-                    num_workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield ``(images, indices, labels)`` for each row of ``batches`` (dataset indices)."""
+def iterate_batches(dataset: Any, batches: torch.Tensor, num_workers: int,
+                    loader_generator: torch.Generator | None = None,
+                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Yield ``(images, indices, labels)`` for each row of ``batches`` (dataset indices).
+
+    Workers get their base seed from ``loader_generator``: without one, every new
+    DataLoader iterator would draw it from the global torch RNG, which dropout
+    also uses, so the number of workers (or a resume) would change the training.
+    """
     if num_workers == 0:
         for idx in batches:
             yield dataset.get_batch(idx), idx, dataset.labels[idx]
         return
     loader = DataLoader(dataset, batch_sampler=batches.tolist(), num_workers=num_workers,
-                        persistent_workers=False, pin_memory=torch.cuda.is_available())
+                        persistent_workers=False, pin_memory=torch.cuda.is_available(),
+                        generator=loader_generator or torch.Generator().manual_seed(0))
     for images, idx, labels in loader:
         yield images, idx, labels
 
@@ -363,7 +370,8 @@ class Run:
         window_images = 0
         done_here = 0
         stream = prefetch(iterate_batches(self.dataset, batches[self.batch_in_epoch:],
-                                          t.num_workers), self.device)
+                                          t.num_workers, generator(self.config.seed, f"loader/{epoch}")),
+                          self.device)
         for images, indices, labels in stream:
             loss, reassigned = self.train_step(images, indices, labels, reassign)
             self.batch_in_epoch += 1

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import natkit
 from natkit import checkpoint, engine
 from natkit.checkpoint import load_checkpoint, save_checkpoint
 from natkit.errors import CheckpointError
@@ -132,3 +133,42 @@ def test_a_checkpoint_from_another_architecture_is_refused(tiny_config, tmp_path
     wide = engine.Run(tiny_config("backbone.widths=[4,8,8,8,16]"), tmp_path / "run")
     with pytest.raises(CheckpointError, match="does not fit this run's config: .*size mismatch"):
         wide.load(state)
+
+
+DROPOUT_HEAD = ("head.hidden=[16]", "head.dropout=0.5", "deterministic=true")
+
+
+def _same_training(a: dict, b: dict) -> None:
+    for key in ("model", "optimizer", "assignment", "rng", "step", "epoch"):
+        assert_same_state(a[key], b[key], key)
+
+
+def test_the_number_of_loader_workers_does_not_change_the_training(tiny_config, tmp_path):
+    for workers in (0, 2):
+        engine.start(tiny_config(*DROPOUT_HEAD, f"train.num_workers={workers}"),
+                     tmp_path / f"w{workers}").train()
+    _same_training(load_checkpoint(tmp_path / "w0" / "checkpoint.pt"),
+                   load_checkpoint(tmp_path / "w2" / "checkpoint.pt"))
+
+
+class StopAt:
+    """Asks the run to stop after a given step, as Ctrl-C does."""
+
+    def __init__(self, step):
+        self.step = step
+
+    @natkit.hookimpl
+    def on_step_end(self, run, metrics):
+        if run.step == self.step:
+            run._stop_requested = True
+
+
+def test_a_stop_mid_epoch_with_workers_and_dropout_resumes_exactly(tiny_config, tmp_path, host):
+    extra = (*DROPOUT_HEAD, "train.num_workers=2", "train.epochs=2")
+    engine.start(tiny_config(*extra), tmp_path / "full").train()
+    host.register(StopAt(step=5), name="stopper")
+    assert engine.start(tiny_config(*extra), tmp_path / "part").train() is False
+    host.unregister("stopper")
+    engine.resume(tmp_path / "part").train()
+    _same_training(load_checkpoint(tmp_path / "part" / "checkpoint.pt"),
+                   load_checkpoint(tmp_path / "full" / "checkpoint.pt"))
