@@ -41,6 +41,7 @@ from natkit.errors import CheckpointError, ConfigError, DataError, SolverError, 
 from natkit.model import Network, ProjectionHead
 from natkit.plugins import get_host
 from natkit.progress import TrainingProgress
+from natkit.rundir import RunLock, check_new_run_dir
 from natkit.schedule import learning_rate
 from natkit.seeding import generator, seed_for
 from natkit.solvers import InvalidSolution
@@ -138,9 +139,11 @@ def iterate_batches(dataset: Any, batches: torch.Tensor, num_workers: int,
 class Run:
     """A training run: its directory, config, network, optimizer and assignment state."""
 
-    def __init__(self, config: cfg.Config, run_dir: Path, *, console: Console | None = None) -> None:
+    def __init__(self, config: cfg.Config, run_dir: Path, *, console: Console | None = None,
+                 lock: RunLock | None = None) -> None:
         self.config = config
         self.dir = Path(run_dir)
+        self.lock = lock or RunLock(self.dir)  # held from start/resume to the end of train()
         self.console = console or Console(stderr=True)
         self.device = pick_device(config.device)
         if config.deterministic:
@@ -347,6 +350,13 @@ class Run:
     def train(self) -> bool:
         """Train to ``train.epochs``; returns False if interrupted (a checkpoint is saved)."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.lock.acquire()
+        try:
+            return self._train()
+        finally:
+            self.lock.release()
+
+    def _train(self) -> bool:
         self._saved_epoch = self.epoch if self.checkpoint_path.exists() else 0
         self.hook.on_run_start(run=self)
         total = self.config.train.epochs
@@ -432,14 +442,16 @@ class Run:
 def start(config: cfg.Config, run_dir: Path, *, console: Console | None = None) -> Run:
     """Create a run directory (refusing one that already holds a run) and a fresh run."""
     run_dir = Path(run_dir)
-    if (run_dir / CHECKPOINT).exists() or (run_dir / CONFIG).exists():
-        raise ConfigError(f"--out: '{run_dir}' already holds a run; resume it with "
-                          f"--resume {run_dir} or choose another directory")
-    if run_dir.exists() and not run_dir.is_dir():
-        raise ConfigError(f"--out: '{run_dir}' exists and is not a directory")
+    check_new_run_dir(run_dir)
     run = Run(config, run_dir, console=console)
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / CONFIG, cfg.dump(config))
+    run.lock.acquire()
+    try:
+        check_new_run_dir(run_dir)  # again under the lock: another start may have won the race
+        atomic_write_text(run_dir / CONFIG, cfg.dump(config))
+    except BaseException:
+        run.lock.release()
+        raise
     (run_dir / METRICS).unlink(missing_ok=True)
     return run
 
@@ -449,6 +461,17 @@ def resume(run_dir: Path, changes: cfg.Config | None = None, *,
     """Reopen a run from its checkpoint; ``changes`` may alter only RESUMABLE_CHANGES."""
     run_dir = Path(run_dir)
     saved = read_run_config(run_dir)
+    lock = RunLock(run_dir)
+    lock.acquire()  # before anything is truncated or rewritten
+    try:
+        return _reopen(run_dir, saved, changes, lock, console)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _reopen(run_dir: Path, saved: cfg.Config, changes: cfg.Config | None, lock: RunLock,
+            console: Console | None) -> Run:
     for stale in run_dir.glob(".*.tmp-*"):  # a write cut short by a kill; the old file is intact
         stale.unlink()
     state = load_checkpoint(run_dir / CHECKPOINT) if (run_dir / CHECKPOINT).exists() else None
@@ -465,7 +488,7 @@ def resume(run_dir: Path, changes: cfg.Config | None = None, *,
             raise ConfigError(f"--resume: {fixed[0]} differs from the run's config.yaml; a resumed "
                               f"run may only change {', '.join(RESUMABLE_CHANGES)}")
         config = changes
-    run = Run(config, run_dir, console=console)
+    run = Run(config, run_dir, console=console, lock=lock)
     if state is not None:
         run.load(state)
     _truncate_metrics(run_dir / METRICS, run.step)
