@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import os
@@ -12,7 +14,7 @@ from typing import Any
 
 import torch
 
-from natkit.errors import CheckpointError
+from natkit.errors import CheckpointError, OutputError
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
@@ -21,7 +23,11 @@ RESULTS = "results.json"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` so that ``path`` holds either its old content or all of the new."""
+    """Write ``data`` so that ``path`` holds either its old content or all of the new.
+
+    A write the system refuses (a full disk, a read-only or vanished directory)
+    raises OutputError naming the file, and the old file is left as it was.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -30,8 +36,14 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        code = errno.errorcode.get(exc.errno, "") if exc.errno is not None else ""
+        kept = "the previous file is kept" if path.exists() else "nothing was written"
+        raise OutputError(f"could not write '{path}': {exc.strerror or type(exc).__name__}"
+                          f"{f' ({code})' if code else ''}; {kept}") from None
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
     try:  # make the rename itself durable
         fd = os.open(path.parent, os.O_RDONLY)
     except OSError:

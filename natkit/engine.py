@@ -157,6 +157,12 @@ class Run:
         if config.train.batch_size > n:
             raise ConfigError(f"train.batch_size: {config.train.batch_size} is larger than the "
                               f"{n} training images")
+        classes = len(torch.unique(self.dataset.labels[self.dataset.labels >= 0]))
+        if (config.eval.enabled or config.mode == "supervised") and classes < 2:
+            need = "the probes need" if config.eval.enabled else "supervised training needs"
+            raise ConfigError(f"data: the '{config.train.split}' split of {config.data['name']} has "
+                              f"{classes} labelled class(es); {need} at least 2 (add class folders, "
+                              f"or set eval.enabled=false to train without evaluating)")
         if config.mode == "supervised" and bool((self.dataset.labels < 0).any()):
             raise ConfigError(f"mode: supervised training needs labels, but split "
                               f"'{config.train.split}' has unlabeled images")
@@ -247,6 +253,12 @@ class Run:
             self.augment_generator.set_state(rng["augment"])
             self.epoch, self.step = int(state["epoch"]), int(state["step"])
             self.batch_in_epoch = int(state["batch_in_epoch"])
+            per_epoch = len(self.dataset) // self.config.train.batch_size
+            if not (0 <= self.batch_in_epoch < per_epoch and self.epoch >= 0
+                    and self.step == self.epoch * per_epoch + self.batch_in_epoch):
+                raise ValueError(f"its counters do not add up (epoch {self.epoch}, batch "
+                                 f"{self.batch_in_epoch}, step {self.step}, with {per_epoch} "
+                                 f"batches an epoch)")
         except (RuntimeError, ValueError, KeyError, TypeError) as exc:
             lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
             if len(lines) > 1 and lines[0].startswith("Error(s) in loading"):

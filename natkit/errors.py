@@ -28,6 +28,10 @@ class CheckpointError(NatkitError):
     """A run directory or checkpoint is missing, corrupt or incompatible."""
 
 
+class OutputError(NatkitError):
+    """A file natkit must write could not be written (full disk, read-only place, bad path)."""
+
+
 class TrainingDiverged(NatkitError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -11,11 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 import natkit
 from natkit import checkpoint, engine
 from natkit.checkpoint import load_checkpoint, save_checkpoint
-from natkit.errors import CheckpointError
+from natkit.cli import app
+from natkit.errors import CheckpointError, OutputError
 from tests.conftest import TINY
 from tests.test_engine import assert_same_state
 
@@ -93,10 +96,30 @@ def test_a_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypat
         raise OSError("disk full")
 
     monkeypatch.setattr(checkpoint.os, "replace", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(OutputError, match="could not write .*; the previous file is kept"):
         save_checkpoint({"model": {"w": torch.zeros(3)}, "step": 2}, path)
     assert load_checkpoint(path)["step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+def test_a_full_disk_mid_run_costs_one_line_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    real_fsync = os.fsync
+    writes = {"checkpoint": 0}
+
+    def fsync(fd):
+        if "checkpoint.pt" in os.readlink(f"/proc/self/fd/{fd}"):
+            writes["checkpoint"] += 1
+            if writes["checkpoint"] > 1:  # the first epoch's checkpoint lands, the second does not
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_fsync(fd)
+
+    monkeypatch.setattr(checkpoint.os, "fsync", fsync)
+    result = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "run"), *set_args(RUN)])
+    assert result.exit_code == 2, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert "No space left on device (ENOSPC); the previous file is kept" in last
+    assert "Traceback" not in result.output
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 1
 
 
 class Payload:

@@ -8,7 +8,9 @@ that cannot be read are skipped with a warning and counted in ``skipped``.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -22,7 +24,9 @@ from natkit.errors import DataError
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff",
                               ".webp"})
 _CACHE_LIMIT_BYTES = 1 << 30  # decode everything up front below 1 GiB of pixels
-_UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError)
+# a header claiming more pixels than PIL's limit is refused, not decoded (a decompression bomb)
+_UNREADABLE = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError,
+               Image.DecompressionBombWarning)
 
 
 class ImageReadWarning(UserWarning):
@@ -46,9 +50,17 @@ def to_rgb_array(image: Image.Image) -> np.ndarray:
     return np.asarray(image.convert("RGB"), dtype=np.uint8)
 
 
+@contextlib.contextmanager
+def _bombs_refused() -> Iterator[None]:
+    """Turn PIL's warning about an image over its pixel limit into an error: never decode one."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        yield
+
+
 def load_image(path: Path, size: int) -> torch.Tensor:
     """Read ``path``, resize its shorter side to ``size`` and centre-crop: uint8 ``[3, size, size]``."""
-    with Image.open(path) as image:
+    with _bombs_refused(), Image.open(path) as image:
         image.load()
         rgb = Image.fromarray(to_rgb_array(image))
     w, h = rgb.size
@@ -94,7 +106,7 @@ class ImageFolder(ImageDataset):
         kept_files, kept_labels = [], []
         for path, label in zip(files, labels, strict=True):
             try:
-                with Image.open(path) as image:  # reads the header only: cheap
+                with _bombs_refused(), Image.open(path) as image:  # reads the header only: cheap
                     image.size  # noqa: B018
             except _UNREADABLE as exc:
                 self._skip(path, exc)
