@@ -14,6 +14,8 @@ from __future__ import annotations
 import importlib
 import importlib.metadata as metadata
 import os
+import sys
+import traceback
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +28,7 @@ from natkit.registry import KINDS, Registry
 
 ENTRY_POINT_GROUP = "natkit"
 AUTOLOAD_ENV = "NATKIT_DISABLE_PLUGIN_AUTOLOAD"
+DEBUG_ENV = "NATKIT_DEBUG"  # =1: a failing plugin's file and line, and its traceback
 BUILTIN_PLUGIN = "natkit"
 
 _HOOK_FOR_KIND = {
@@ -109,7 +112,8 @@ class PluginHost:
                 plugin = ep.load()
                 self.register(plugin, name=ep.name, distribution=dist, version=version)
             except Exception as exc:  # a broken plugin must not take natkit down
-                self._fail(ep.name, dist, version, f"failed to load: {type(exc).__name__}: {exc}")
+                self._fail(ep.name, dist, version,
+                           f"failed to load: {type(exc).__name__}: {exc}{_where(exc)}")
 
     def _fail(self, name: str, dist: str, version: str, why: str) -> None:
         self._info[name] = PluginInfo(name, dist or name, version, error=why)
@@ -149,9 +153,21 @@ class PluginHost:
             except Exception as exc:  # never fatal: report the plugin and go on
                 info = self._info.get(name, PluginInfo(name, name, ""))
                 self._fail(name, info.distribution, info.version,
-                           f"failed to register {reg.kind}s: {type(exc).__name__}: {exc}")
+                           f"failed in its {_HOOK_FOR_KIND[reg.kind]} hook: "
+                           f"{type(exc).__name__}: {exc}{_where(exc)}")
                 return
         reg._entries = staged._entries
+
+
+def _where(exc: BaseException) -> str:
+    """With NATKIT_DEBUG=1, ' (at FILE:LINE)' of the line that raised, and the traceback on stderr."""
+    if os.environ.get(DEBUG_ENV, "").strip().lower() not in ("1", "true", "yes"):
+        return ""
+    traceback.print_exception(exc, file=sys.stderr)
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f" (at {exc.filename}:{exc.lineno})"
+    frames = traceback.extract_tb(exc.__traceback__)
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
 
 
 _host: PluginHost | None = None

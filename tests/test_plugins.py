@@ -92,10 +92,23 @@ def test_a_plugin_that_fails_to_import_is_reported_and_the_rest_work(site):
     assert "ImportError" in broken.error and "not installed" in broken.error
 
 
+@pytest.mark.parametrize("debug", ["1", ""])
+def test_natkit_debug_shows_where_a_plugin_failed(site, monkeypatch, capsys, debug):
+    install_fake_distribution(site, "natkit-mixed", {"natkit_broken": BROKEN_ON_IMPORT})
+    monkeypatch.setenv(plugins.DEBUG_ENV, debug)
+    with pytest.warns(PluginWarning) as caught:
+        PluginHost()
+    message = str(caught[0].message)
+    where = f"(at {site / 'natkit_broken.py'}:1)"
+    assert (where in message) == bool(debug)
+    assert ("Traceback" in capsys.readouterr().err) == bool(debug)
+
+
 def test_a_plugin_whose_hook_raises_is_left_out_of_that_registry(site):
     install_fake_distribution(site, "natkit-bad-hook", {"natkit_bad_hook": BROKEN_HOOK})
     host = PluginHost()
-    with pytest.warns(PluginWarning, match="'natkit_bad_hook' failed to register targets"):
+    with pytest.warns(PluginWarning, match=r"'natkit_bad_hook' failed in its register_targets hook: "
+                                           r"RuntimeError: registration blew up; continuing"):
         targets = host.registries()["targets"]
     assert "half" not in targets  # all or nothing: its first registration is undone
     assert {"basis", "sphere"} <= set(targets.names())
