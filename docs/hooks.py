@@ -11,6 +11,7 @@ every registered component's options), ``<!-- benchmark-results -->``
 from __future__ import annotations
 
 import dataclasses
+import html
 import inspect
 import os
 import re
@@ -31,6 +32,13 @@ GPU_RESULTS = ROOT / "benchmarks" / "results"
 def _type_name(hint: object) -> str:
     text = str(hint).replace("typing.", "")
     return getattr(hint, "__name__", text) if not typing.get_args(hint) else text
+
+
+def _text(text: str) -> str:
+    """Help text for a Markdown table: ``<name>`` shown as typed (not swallowed as an HTML tag)."""
+    parts = text.split("`")
+    parts[::2] = [html.escape(part, quote=False) for part in parts[::2]]  # outside code spans
+    return "`".join(parts).replace("|", "\\|")
 
 
 def _value(value: object) -> str:
@@ -54,17 +62,17 @@ def cli_reference() -> str:
         usage = " ".join(["[OPTIONS]", *((p.metavar or p.name.upper()) + ("..." if p.nargs == -1
                                                                           else "")
                                           for p in arguments)])
-        lines += [f"## `natkit {name}`", "", inspect.cleandoc(command.help or ""), "",
+        lines += [f"## `natkit {name}`", "", _text(inspect.cleandoc(command.help or "")), "",
                   "```text", f"natkit {name} {usage}", "```", ""]
         rows = []
         for param in command.params:
             if param.param_type_name == "argument":
                 rows.append((f"`{param.metavar or param.name.upper()}`", "(argument)",
-                             param.help or ""))
+                             _text(param.help or "")))
             elif not param.hidden and "--help" not in param.opts:
                 flags = " / ".join(f"`{o}`" for o in [*param.opts, *param.secondary_opts])
                 default = "" if param.default in (None, ()) else _value(param.default)
-                rows.append((flags, default, param.help or ""))
+                rows.append((flags, default, _text(param.help or "")))
         if rows:
             lines += ["| option | default | meaning |", "|---|---|---|"]
             lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
@@ -109,7 +117,7 @@ def config_reference() -> str:
         reg = registry(kind)
         for entry in reg.entries():
             name = entry.display_name
-            lines += [f"**`{name}`** ({entry.plugin}): {entry.help}", ""]
+            lines += [f"**`{name}`** ({entry.plugin}): {_text(entry.help)}", ""]
             lookup = name.replace("<name>", "resnet18") if entry.prefix else name
             params = reg.parameters(lookup)
             hints_f = reg.type_hints(lookup)
@@ -153,7 +161,7 @@ def _table(rows: list[tuple], with_help: bool = True) -> list[str]:
     for key, kind, default, help_text in rows:
         cells = [f"`{key}`", f"`{kind}`".replace("|", "\\|"), _value(default).replace("|", "\\|")]
         if with_help:
-            cells.append(help_text)
+            cells.append(_text(help_text))
         out.append("| " + " | ".join(cells) + " |")
     return [*out, ""]
 
@@ -178,8 +186,27 @@ def gpu_results() -> str:
     return "\n".join(parts) or "No GPU measurements yet: run `bash benchmarks/gpu.sh` on one."
 
 
+_MATH = re.compile(r"(```.*?```|`[^`\n]*`)|\\\[(.+?)\\\]|\\\((.+?)\\\)", re.S)
+
+
+def render_math(markdown: str) -> str:
+    """TeX between \\( \\) and \\[ \\] as MathML, which browsers draw with no script or network."""
+    from latex2mathml.converter import convert
+
+    def replace(match: re.Match) -> str:
+        code, display, inline = match.groups()
+        if code is not None:
+            return code  # TeX-like text in code stays as typed
+        if display is not None:
+            return "\n\n" + convert(display.strip(), display="block") + "\n\n"
+        return convert(inline.strip())
+
+    return _MATH.sub(replace, markdown)
+
+
 def on_page_markdown(markdown: str, page, config, files) -> str:
-    """Replace the reference markers with generated Markdown."""
+    """Replace the reference markers with generated Markdown, and TeX with MathML."""
+    markdown = render_math(markdown)
     for marker, make in (("<!-- cli-reference -->", cli_reference),
                          ("<!-- config-reference -->", config_reference),
                          ("<!-- benchmark-results -->", benchmark_results),
