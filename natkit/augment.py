@@ -15,8 +15,11 @@ def random_resized_crop(images: torch.Tensor, generator: torch.Generator,
     """Crop each image at a random area fraction and aspect ratio, resize back, maybe flip.
 
     The random numbers come from ``generator`` on the CPU, so a batch is
-    augmented identically on any device.
+    augmented identically on any device. ``scale`` is a ``[low, high]`` range of
+    area fractions in (0, 1], ``ratio`` a ``[low, high]`` range of aspect ratios > 0.
     """
+    _check_range("scale", scale, upper=1.0)
+    _check_range("ratio", ratio)
     n = images.shape[0]
     u = torch.rand(n, 5, generator=generator, dtype=torch.float64)
     area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
@@ -36,3 +39,12 @@ def random_resized_crop(images: torch.Tensor, generator: torch.Generator,
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection",
                          align_corners=False)
+
+
+def _check_range(name: str, values: Sequence[float], upper: float = math.inf) -> None:
+    if len(values) != 2:
+        raise ValueError(f"{name} must be [low, high], got {list(values)}")
+    low, high = float(values[0]), float(values[1])
+    if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high <= upper):
+        bound = f" <= {upper:g}" if math.isfinite(upper) else ""
+        raise ValueError(f"{name} must be [low, high] with 0 < low <= high{bound}, got {list(values)}")

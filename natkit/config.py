@@ -6,14 +6,39 @@ parsed as YAML). Component sections (``data``, ``preprocess``, ``backbone``,
 ``targets``, ``solver``) hold a ``name`` plus that component's own options,
 checked against its factory; their defaults live in the factory's signature.
 When a layer picks a different component ``name``, the options the earlier
-layers gave the old component are dropped.
+layers gave the old component are dropped, except the options every component
+of that kind shares (:data:`natkit.registry.SHARED_PARAMS`: a target
+distribution's ``dim`` and ``seed``) when the new component takes them too. So
+``--targets basis`` keeps the run's ``targets.dim`` (32 by default) instead of
+falling back to basis's own default of 128, and the sphere-vs-basis comparison
+compares one dimension.
+
+Every value is validated when the config is resolved, before anything is built
+or trained, and every mistake is one :class:`~natkit.errors.ConfigError` line
+that names the dotted field:
+
+* Numbers may be written as a person types them: ``1e-3``, ``1E3``, ``.5``,
+  ``-2e-4``, ``1_000`` (YAML 1.1 reads ``1e-3`` as a string; natkit reads it as
+  a number). An integer field takes any number that is an exact integer, however
+  written (``1e3``, ``1000.0``), and refuses fractions (``2.5``, ``1e-3``);
+  integers must fit in 64 bits.
+* NaN and infinities are refused for every float option (no option gives
+  ``.inf`` a meaning: write a large number instead).
+* Bounds (``gt``, ``ge``, ``lt``, ``le``) are declared on the fields below with
+  :func:`option`, and on component factories' parameters with
+  ``Annotated[int, Bounds(ge=1)]``; on a list they bound every element, and
+  ``length``/``min_len``/``max_len``/``ordered`` bound the list itself.
+* YAML aliases are allowed only while they stay small: a document whose aliases
+  would add more than :data:`ALIAS_EXPANSION_LIMIT` nodes once expanded (a
+  "billion laughs" bomb), or that nests deeper than :data:`MAX_YAML_DEPTH`, is
+  refused (naming the file, or the ``--set`` text) without being expanded.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import operator
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +46,15 @@ from typing import Any, Literal
 
 import yaml
 
-from natkit.errors import ConfigError, did_you_mean, format_choices
+from natkit.errors import (
+    ConfigError,
+    NatkitError,
+    UnknownComponentError,
+    did_you_mean,
+    format_choices,
+)
 from natkit.plugins import registry
-from natkit.registry import CONTEXT_PARAMS, coerce
+from natkit.registry import CONTEXT_PARAMS, SHARED_PARAMS, Bounds, coerce, shown
 
 COMPONENT_SECTIONS = {
     "data": "dataset",
@@ -34,12 +65,26 @@ COMPONENT_SECTIONS = {
 }
 
 
-def option(default: Any, help: str, **checks: float) -> Any:
-    """A config field with help text and optional bounds (``gt``, ``ge``, ``le``)."""
+# YAML documents: aliases may add at most this many nodes once expanded; nesting at most this deep.
+ALIAS_EXPANSION_LIMIT = 10_000
+MAX_YAML_DEPTH = 64
+
+
+def option(default: Any, help: str, **checks: Any) -> Any:
+    """A config field with help text and optional :class:`~natkit.registry.Bounds`.
+
+    ``gt``, ``ge``, ``lt``, ``le`` bound a number or each element of a list;
+    ``length``, ``min_len``, ``max_len`` and ``ordered`` constrain a list.
+    """
+    metadata = {"help": help, **checks, "bounds": Bounds(**checks) if checks else None}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: copy.deepcopy(default),
-                     metadata={"help": help, **checks})
-    return field(default=default, metadata={"help": help, **checks})
+        return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def field_bounds(f: dataclasses.Field) -> Bounds | None:
+    """The bounds declared on a config field with :func:`option`."""
+    return f.metadata.get("bounds")
 
 
 @dataclass
@@ -48,7 +93,8 @@ class HeadConfig:
 
     hidden: list[int] | None = option(
         [], "hidden widths of the fc layers; [] is a linear projection (the tuned small-scale "
-            "default); null takes the backbone's own (AlexNet: the paper's fc6-fc7, 4096-4096)")
+            "default); null takes the backbone's own (AlexNet: the paper's fc6-fc7, 4096-4096)",
+        ge=1)
     dropout: float = option(0.5, "dropout before each hidden fc layer", ge=0.0, lt=1.0)
     batchnorm: bool = option(True, "BatchNorm after each hidden fc layer (the authors' code)")
 
@@ -79,8 +125,10 @@ class AugmentConfig:
     """Augmentations applied on the device to every training batch."""
 
     crop_scale: list[float] = option(
-        [0.5, 1.0], "random resized crop: range of the crop's area as a fraction of the image")
-    crop_ratio: list[float] = option([0.75, 1.3333], "random resized crop: aspect-ratio range")
+        [0.5, 1.0], "random resized crop: range [low, high] of the crop's area as a fraction of "
+                    "the image", gt=0.0, le=1.0, length=2, ordered=True)
+    crop_ratio: list[float] = option([0.75, 1.3333], "random resized crop: aspect-ratio range "
+                                                     "[low, high]", gt=0.0, length=2, ordered=True)
     flip: bool = option(True, "random horizontal flips")
 
 
@@ -125,12 +173,15 @@ class EvalConfig:
     val_fraction: float = option(
         0.2, "fraction of the training split held out to choose probe settings", gt=0.0, lt=1.0)
     linear_weight_decay: list[float] = option(
-        [1e-5, 1e-4, 1e-3, 1e-2, 1e-1], "L2 strengths tried by the linear probe")
+        [1e-5, 1e-4, 1e-3, 1e-2, 1e-1], "L2 strengths tried by the linear probe", ge=0.0,
+        min_len=1)
     linear_iterations: int = option(200, "L-BFGS iterations of the linear probe", ge=1)
     mlp_hidden: int = option(512, "hidden width of the MLP probe (the paper: 4096)", ge=1)
-    mlp_weight_decay: list[float] = option([1e-5, 1e-3], "weight-decay grid of the MLP probe")
+    mlp_weight_decay: list[float] = option([1e-5, 1e-3], "weight-decay grid of the MLP probe",
+                                           ge=0.0, min_len=1)
     mlp_epochs: int = option(60, "epochs of the MLP probe", ge=1)
-    knn_k: list[int] = option([1, 5, 10, 20, 50], "neighbour counts tried by the kNN probe")
+    knn_k: list[int] = option([1, 5, 10, 20, 50], "neighbour counts tried by the kNN probe",
+                              ge=1, min_len=1)
     knn_temperature: float = option(0.07, "temperature of the kNN vote weights exp(sim / T)",
                                     gt=0.0)
     baseline: bool = option(True, "also probe the network at random initialisation "
@@ -177,17 +228,37 @@ def defaults() -> dict[str, Any]:
 
 
 def merge(base: dict[str, Any], layer: dict[str, Any], *, rename: bool = True) -> dict[str, Any]:
-    """Deep-merge ``layer`` over ``base``; with ``rename``, a new component name drops old options."""
+    """Deep-merge ``layer`` over ``base``.
+
+    With ``rename``, a new component name drops the old component's options,
+    except the shared ones (``targets.dim``, ``targets.seed``) the new one takes.
+    """
     out = copy.deepcopy(base)
     for key, value in layer.items():
         old = out.get(key)
         if isinstance(old, dict) and isinstance(value, dict):
             renamed = (rename and key in COMPONENT_SECTIONS and "name" in value
                        and value["name"] != old.get("name"))
-            out[key] = copy.deepcopy(value) if renamed else merge(old, value, rename=rename)
+            if renamed:
+                out[key] = {**_shared_options(key, old, value["name"]), **copy.deepcopy(value)}
+            else:
+                out[key] = merge(old, value, rename=rename)
         else:
             out[key] = copy.deepcopy(value)
     return out
+
+
+def _shared_options(section: str, old: dict[str, Any], new_name: Any) -> dict[str, Any]:
+    """The options of ``old`` that every component of the kind shares and ``new_name`` takes."""
+    kind = COMPONENT_SECTIONS[section]
+    given = {k: copy.deepcopy(old[k]) for k in SHARED_PARAMS.get(kind, ()) if k in old}
+    if not given:
+        return {}
+    try:
+        params = registry(kind).parameters(new_name)
+    except NatkitError:  # an unknown name: resolve() reports it
+        return {}
+    return {k: v for k, v in given.items() if k in params}
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -196,22 +267,82 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        raise ConfigError(f"config file '{path}' does not exist") from None
+        raise ConfigError(f"config file '{_echo(path)}' does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"config file '{path}' cannot be read: {exc}") from None
+        raise ConfigError(f"config file '{_echo(path)}' cannot be read: {exc}") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_yaml(text, f"config file '{_echo(path)}'")
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"config file '{path}'{where}: {problem}") from None
+        raise ConfigError(f"config file '{_echo(path)}'{where}: {problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file '{path}': expected a mapping of keys, got "
+        raise ConfigError(f"config file '{_echo(path)}': expected a mapping of keys, got "
                           f"{type(data).__name__}")
     return data
+
+
+def safe_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load``, refusing alias bombs and deep nesting before building anything.
+
+    The document is composed into YAML nodes first, where an alias is a shared
+    reference, so nothing is expanded; its expanded size is then counted (each
+    node once, by memo) and the document refused if its aliases would add more than
+    :data:`ALIAS_EXPANSION_LIMIT` nodes or it nests deeper than :data:`MAX_YAML_DEPTH`.
+    """
+    loader = yaml.SafeLoader(text)
+    try:
+        try:
+            node = loader.get_single_node()
+        except RecursionError:
+            raise ConfigError(f"{source}: YAML nested more than {MAX_YAML_DEPTH} levels deep") \
+                from None
+        if node is None:
+            return None
+        _check_expansion(node, source)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _check_expansion(root: yaml.Node, source: str) -> None:
+    sizes: dict[int, int] = {}  # id(node) -> nodes it stands for once aliases are expanded
+    distinct: set[int] = set()
+
+    def size(node: yaml.Node, depth: int, open_nodes: frozenset[int]) -> int:
+        if depth > MAX_YAML_DEPTH:
+            raise ConfigError(f"{source}: YAML nested more than {MAX_YAML_DEPTH} levels deep")
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise ConfigError(f"{source}: a YAML alias refers to the node that contains it; "
+                              "recursive aliases are refused")
+        distinct.add(key)
+        inner = open_nodes | {key}
+        if isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        else:
+            children = []
+        total = 1 + sum(size(child, depth + 1, inner) for child in children)
+        if total > len(distinct) + ALIAS_EXPANSION_LIMIT:  # what aliases add, beyond the text
+            raise ConfigError(f"{source}: YAML aliases would expand to more than "
+                              f"{ALIAS_EXPANSION_LIMIT} extra values (an alias bomb?); refused without "
+                              "expanding them: write the values out")
+        sizes[key] = total
+        return total
+
+    size(root, 0, frozenset())
+
+
+def _echo(text: Any) -> str:
+    """User text inside a one-line message: control characters (newlines) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
 
 
 def parse_override(text: str) -> dict[str, Any]:
@@ -219,14 +350,15 @@ def parse_override(text: str) -> dict[str, Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError(f"--set '{text}': expected key=value, e.g. train.lr=0.1")
+        raise ConfigError(f"--set '{_echo(text)}': expected key=value, e.g. train.lr=0.1")
     parts = key.split(".")
     if any(not p.strip() or p != p.strip() for p in parts):
-        raise ConfigError(f"--set '{text}': '{key}' is not a dotted key such as train.lr")
+        raise ConfigError(f"--set '{_echo(text)}': '{_echo(key)}' is not a dotted key such as "
+                          "train.lr")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = safe_yaml(raw, f"--set '{_echo(text)}'") if raw.strip() else None
     except yaml.YAMLError:
-        raise ConfigError(f"--set '{text}': '{raw}' is not a valid YAML value") from None
+        raise ConfigError(f"--set '{_echo(text)}': '{_echo(raw)}' is not a valid YAML value") from None
     for part in reversed(parts):
         value = {part: value}
     return value
@@ -261,7 +393,7 @@ def resolve(data: dict[str, Any]) -> Config:
     known = {f.name for f in dataclasses.fields(Config)}
     for key in data:
         if key not in known:
-            raise ConfigError(f"unknown config key '{key}'{did_you_mean(str(key), known)}; "
+            raise ConfigError(f"unknown config key '{_echo(key)}'{did_you_mean(str(key), known)}; "
                               f"valid: {format_choices(known)}")
     config = _build_dataclass(Config, data, "")
     for section, kind in COMPONENT_SECTIONS.items():
@@ -274,13 +406,13 @@ def resolve(data: dict[str, Any]) -> Config:
 
 def _build_dataclass(cls: type, data: Any, prefix: str) -> Any:
     if not isinstance(data, dict):
-        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {shown(data)}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in fields:
             names = [f"{prefix}{k}" for k in fields]
-            raise ConfigError(f"unknown config key '{prefix}{key}'"
+            raise ConfigError(f"unknown config key '{prefix}{_echo(key)}'"
                               f"{did_you_mean(f'{prefix}{key}', names)}; valid: {format_choices(names)}")
     values = {}
     for name, f in fields.items():
@@ -291,40 +423,24 @@ def _build_dataclass(cls: type, data: Any, prefix: str) -> Any:
         if dataclasses.is_dataclass(hint):
             values[name] = _build_dataclass(hint, data[name], f"{where}.")
             continue
-        value = coerce(data[name], hint, where)
-        _check_bounds(value, f.metadata, where)
-        values[name] = value
+        values[name] = coerce(data[name], hint, where, field_bounds(f))
     return cls(**values)
-
-
-_BOUNDS = {"gt": (operator.gt, ">"), "ge": (operator.ge, ">="),
-           "lt": (operator.lt, "<"), "le": (operator.le, "<=")}
-
-
-def _check_bounds(value: Any, meta: Any, where: str) -> None:
-    items = value if isinstance(value, list) else [value]
-    for item in items:
-        if not isinstance(item, (int, float)) or isinstance(item, bool):
-            continue
-        for key, (op, word) in _BOUNDS.items():
-            if key in meta and not op(item, meta[key]):
-                raise ConfigError(f"{where}: expected a value {word} {meta[key]}, got {item!r}")
 
 
 def resolve_component(section: str, kind: str, spec: Any) -> dict[str, Any]:
     """Check a component section (name and options) and fill in the factory's defaults."""
     if not isinstance(spec, dict):
-        raise ConfigError(f"{section}: expected a mapping with a 'name', got {spec!r}")
+        raise ConfigError(f"{section}: expected a mapping with a 'name', got {shown(spec)}")
     if "name" not in spec:
         raise ConfigError(f"{section}.name: missing (which {kind} to use)")
     name = spec["name"]
     if not isinstance(name, str):
-        raise ConfigError(f"{section}.name: expected a string, got {name!r}")
+        raise ConfigError(f"{section}.name: expected a string, got {shown(name)}")
     reg = registry(kind)
-    reg.lookup(name)  # unknown names fail here with the list of valid ones
+    reg.lookup(name)  # unknown names fail here: "unknown solver 'x' (did you mean ...); valid: ..."
     params = reg.parameters(name)
     context = CONTEXT_PARAMS.get(kind, frozenset())
-    hints = reg.type_hints(name)
+    hints = reg.type_hints(name, include_extras=True)
     resolved: dict[str, Any] = {"name": name}
     for key, value in spec.items():
         if key == "name":
@@ -334,17 +450,49 @@ def resolve_component(section: str, kind: str, spec: Any) -> dict[str, Any]:
                               "remove it")
         if key not in params and not reg.accepts_extra(name):
             raise ConfigError(
-                f"{section}.{key}: {kind} '{name}' has no option '{key}'"
+                f"{section}.{_echo(key)}: {kind} '{name}' has no option '{_echo(key)}'"
                 f"{did_you_mean(str(key), params)}; valid: {format_choices(params) or '(none)'}"
             )
-        value = coerce(value, hints[key], f"{section}.{key}") if key in hints else value
-        resolved[key] = list(value) if isinstance(value, tuple) else value  # YAML has no tuples
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ConfigError(f"{section}: option names are identifiers, got {shown(key)}")
+        if key in hints:
+            value = coerce(value, hints[key], f"{section}.{key}", label=f"{kind} '{name}': {key}")
+        elif key not in params:  # passed through to the factory's **options
+            _check_plain(value, f"{section}.{key}")
+        resolved[key] = _plain(value)
     for key, p in params.items():
         if key not in resolved:
             if p.default is p.empty:
                 raise ConfigError(f"{section}.{key}: required by {kind} '{name}'")
-            resolved[key] = list(p.default) if isinstance(p.default, tuple) else p.default
-    return resolved
+            resolved[key] = _plain(p.default)
+    try:
+        options = reg.check_options(name, {k: v for k, v in resolved.items() if k != "name"})
+    except UnknownComponentError as exc:  # e.g. an unknown timm model
+        raise UnknownComponentError(f"{section}.name: {exc}") from None
+    return {"name": name, **{k: _plain(v) for k, v in options.items()}}
+
+
+def _check_plain(value: Any, where: str, depth: int = 0) -> None:
+    """An option passed through unchecked must be plain YAML: scalars, or lists of them."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {shown(value)}")
+        return
+    if isinstance(value, list) and depth < 4:
+        for item in value:
+            _check_plain(item, where, depth + 1)
+        return
+    raise ConfigError(f"{where}: expected a plain value (true/false, a number, a string, null "
+                      f"or a list of them), got {shown(value)}")
+
+
+def _plain(value: Any) -> Any:
+    """YAML has no tuples: lists all the way down."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 def component_options(spec: dict[str, Any]) -> dict[str, Any]:

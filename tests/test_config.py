@@ -49,7 +49,7 @@ def test_override_values_are_yaml(host):
     (["targets.dim=0"], "dim must be >= 1"),
     (["train.batch_size=1"], "train.batch_size: expected a value >= 2, got 1"),
     (["nat.permute_every=-1"], "nat.permute_every: expected a value >= 0"),
-    (["targets.name=basis", "targets.k=300"], "k must be between 1 and dim=128"),
+    (["targets.name=basis", "targets.k=300"], "targets.k: targets 'basis': k must be between 1 and dim=32"),
     (["train.epochs=two"], "train.epochs: expected an integer, got 'two'"),
     (["train.lrr=0.1"], "unknown config key 'train.lrr' (did you mean 'train.lr'?)"),
     (["optimizer.lr=0.1"], "unknown config key 'optimizer'"),

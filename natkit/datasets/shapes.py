@@ -13,13 +13,15 @@ learning shapes (a harder variant, kept to show that failure).
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
 from scipy.ndimage import gaussian_filter
 
 from natkit.datasets.base import TensorImageDataset
+from natkit.registry import Bounds, OptionError
 
 CLASSES = ("disc", "ring", "square", "triangle", "star", "cross", "crescent", "hexagon",
            "heart", "arrow")
@@ -124,10 +126,14 @@ def generate(count: int, seed: int, split: str, size: int,
     return torch.from_numpy(images), torch.from_numpy(labels)
 
 
-def create(*, split: Literal["train", "test"] = "train", image_size: int = 32,
-           num_train: int = 3000, num_test: int = 2000,
-           background: Literal["flat", "texture"] = "flat", noise: float = 0.03,
-           scale: tuple[float, float] = (0.4, 0.75), seed: int = 0) -> TensorImageDataset:
+def create(*, split: Literal["train", "test"] = "train",
+           image_size: Annotated[int, Bounds(ge=8)] = 32,
+           num_train: Annotated[int, Bounds(ge=1)] = 3000,
+           num_test: Annotated[int, Bounds(ge=1)] = 2000,
+           background: Literal["flat", "texture"] = "flat",
+           noise: Annotated[float, Bounds(ge=0.0)] = 0.03,
+           scale: Annotated[tuple[float, float], Bounds(ge=0.05, le=0.9, ordered=True)] = (0.4, 0.75),
+           seed: Annotated[int, Bounds(ge=0)] = 0) -> TensorImageDataset:
     """Synthetic shapes (10 classes; colour unrelated to class), generated from a seed.
 
     Args:
@@ -140,15 +146,18 @@ def create(*, split: Literal["train", "test"] = "train", image_size: int = 32,
         seed: seed of the images; image i of a split depends only on (seed, split, i).
     """
     if split not in _SPLIT_CODE:
-        raise ValueError(f"split must be 'train' or 'test', got '{split}'")
+        raise OptionError("split", f"split must be 'train' or 'test', got '{split}'")
     if image_size < 8:
-        raise ValueError(f"image_size must be >= 8, got {image_size}")
+        raise OptionError("image_size", f"image_size must be >= 8, got {image_size}")
     count = num_train if split == "train" else num_test
     if count < 1:
-        raise ValueError(f"num_{split} must be >= 1, got {count}")
-    if noise < 0:
-        raise ValueError(f"noise must be >= 0, got {noise}")
+        raise OptionError(f"num_{split}", f"num_{split} must be >= 1, got {count}")
+    if not (math.isfinite(noise) and noise >= 0):
+        raise OptionError("noise", f"noise must be a finite number >= 0, got {noise}")
     if len(scale) != 2 or not 0.05 <= scale[0] <= scale[1] <= 0.9:
-        raise ValueError(f"scale must be [low, high] with 0.05 <= low <= high <= 0.9, got {list(scale)}")
+        raise OptionError("scale", "scale must be [low, high] with 0.05 <= low <= high <= 0.9, "
+                                   f"got {list(scale)}")
+    if seed < 0:
+        raise OptionError("seed", f"seed must be >= 0, got {seed}")
     images, labels = generate(count, seed, split, image_size, background, noise, tuple(scale))
     return TensorImageDataset(images, labels, CLASSES)

@@ -7,6 +7,8 @@ from typing import Any
 
 import torch
 
+from natkit.registry import OptionError
+
 _M32 = 0xFFFFFFFF
 
 
@@ -57,7 +59,7 @@ class Targets:
 
     def __init__(self, dim: int, seed: int = 0) -> None:
         if dim < 1:
-            raise ValueError(f"dim must be >= 1, got {dim}")
+            raise OptionError("dim", f"dim must be >= 1, got {dim}")
         self.dim = int(dim)
         self.seed = int(seed)
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
 
+from natkit.registry import Bounds, OptionError
 from natkit.targets.base import Targets
 
 
@@ -19,7 +20,7 @@ class BasisTargets(Targets):
         super().__init__(dim, seed)
         self.k = dim if k is None else int(k)
         if not 1 <= self.k <= dim:
-            raise ValueError(f"k must be between 1 and dim={dim}, got k={self.k}")
+            raise OptionError("k", f"k must be between 1 and dim={dim}, got k={self.k}")
 
     def __call__(self, ids: torch.Tensor) -> torch.Tensor:
         return F.one_hot(ids.to(torch.int64) % self.k, self.dim).to(torch.float32)
@@ -28,11 +29,13 @@ class BasisTargets(Targets):
         return {**super().options(), "k": self.k}
 
 
-def create(*, dim: int = 128, k: int | None = None, seed: int | None = None) -> BasisTargets:
+def create(*, dim: Annotated[int, Bounds(ge=1)] = 128, k: Annotated[int | None, Bounds(ge=1)] = None,
+           seed: Annotated[int | None, Bounds(ge=0)] = None) -> BasisTargets:
     """One-hot targets e_(id mod k) in R^dim (the paper's discrete ablation; k defaults to dim).
 
     Args:
-        dim: dimension of the target space (and of the projection head's output).
+        dim: dimension of the target space (and of the projection head's output). A config
+            that switches from another target distribution keeps that one's dim.
         k: number of distinct one-hot targets, at most dim; null: dim.
         seed: unused by one-hot targets; kept for the common interface (null: the run's seed).
     """

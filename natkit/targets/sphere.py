@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 import torch.nn.functional as F
 
+from natkit.registry import Bounds
 from natkit.targets.base import Targets, hashed_normal
 
 
@@ -17,7 +20,8 @@ class SphereTargets(Targets):
         return F.normalize(hashed_normal(self.seed, ids, self.dim), dim=1)
 
 
-def create(*, dim: int = 128, seed: int | None = None) -> SphereTargets:
+def create(*, dim: Annotated[int, Bounds(ge=1)] = 128,
+           seed: Annotated[int | None, Bounds(ge=0)] = None) -> SphereTargets:
     """Uniform on the unit sphere (the paper's targets).
 
     Args:
