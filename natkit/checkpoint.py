@@ -38,7 +38,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     except OSError as exc:
         code = errno.errorcode.get(exc.errno, "") if exc.errno is not None else ""
-        kept = "the previous file is kept" if path.exists() else "nothing was written"
+        kept = "the previous file is kept" if os.path.lexists(path) else "nothing was written"
         raise OutputError(f"could not write '{path}': {exc.strerror or type(exc).__name__}"
                           f"{f' ({code})' if code else ''}; {kept}") from None
     finally:

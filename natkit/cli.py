@@ -6,8 +6,8 @@ run exits with 1, an interrupted one with 130); bugs keep their tracebacks.
 
 from __future__ import annotations
 
-import enum
 import functools
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +19,7 @@ from rich.table import Table
 
 import natkit
 from natkit import config as cfg
-from natkit.errors import NatkitError
+from natkit.errors import NatkitError, UnknownComponentError, did_you_mean
 
 app = typer.Typer(
     name="natkit",
@@ -116,9 +116,14 @@ def run(
 
     With no options it runs the embedded default: NAT on synthetic shapes with a
     small AlexNet, Sobel input, sphere targets and the Hungarian solver.
+
+    When a resumed run trains further, the evaluation outputs of the older
+    checkpoint are moved aside (results.json to results.stale.json, eval.json to
+    eval.stale.json, loss.png to loss.stale.png, ...) so that none of them is
+    mistaken for the new checkpoint's.
     """
     from natkit import engine
-    from natkit.evaluation.protocol import evaluate_run
+    from natkit.outputs import output_errors
 
     components = {"backbone": backbone, "targets": targets, "solver": solver,
                   "preprocess": preprocess, "data": data}
@@ -131,12 +136,16 @@ def run(
         if texts or config_file or any(v is not None for v in components.values()):
             saved = engine.read_run_config(resume)
             changes = cfg.build(config_file, texts, base=saved.to_dict(), **components)
-        the_run = engine.resume(resume, changes, console=err)
+        option = "--resume"
+        with output_errors(option, resume):
+            the_run = engine.resume(resume, changes, console=err)
         err.print(f"resuming [bold]{resume}[/] at epoch {the_run.epoch}, step {the_run.step}")
     else:
         config = cfg.build(config_file, texts, **components)
-        run_dir = out_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")
-        the_run = engine.start(config, run_dir, console=err)
+        run_dir = out_dir if out_dir is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+        option = "--out"
+        with output_errors(option, run_dir):
+            the_run = engine.start(config, run_dir, console=err)
         err.print(f"run directory [bold]{run_dir}[/]")
     c = the_run.config
     err.print(
@@ -145,17 +154,78 @@ def run(
         + (f" | targets {c.targets['name']} (d={c.targets['dim']}) | solver {c.solver['name']}"
            if c.mode == "nat" else f" | loss {c.supervised.loss}")
         + f" | {the_run.device}", highlight=False)
+    evaluating = evaluate and c.eval.enabled
     started = time.perf_counter()
-    if not the_run.train():
+    before = _file_identity(the_run.checkpoint_path)
+    try:
+        with output_errors(option, the_run.dir):
+            finished = the_run.train()
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, mid-step
+        _say(f"interrupted: training stopped at once; the last checkpoint saved is kept in "
+             f"{the_run.checkpoint_path}; resume with: natkit run --resume {the_run.dir}")
+        raise typer.Exit(130) from None
+    finally:
+        if _file_identity(the_run.checkpoint_path) != before:
+            with output_errors(option, the_run.dir):
+                _retire_stale_evaluation(the_run.dir, evaluating)
+    if not finished:
         raise typer.Exit(130)
     err.print(f"trained in {time.perf_counter() - started:.0f} s")
     results = None
-    if evaluate and c.eval.enabled:
-        results = evaluate_run(the_run.dir, console=out)["results"]
+    if evaluating:
+        with output_errors(option, the_run.dir):
+            results = _evaluate(the_run.dir)["results"]
     the_run.hook.on_run_end(run=the_run, results=results)
     err.print(f"outputs in [bold]{the_run.dir}[/]: config.yaml, metrics.jsonl, checkpoint.pt"
               + (", results.json, eval.json, loss.png, filters.png, neighbours.png"
                  if results is not None else ""))
+
+
+def _say(message: str) -> None:
+    """One line on stderr, never wrapped."""
+    typer.echo(message, err=True)
+
+
+def _file_identity(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a file is replaced (atomic writes give it a new inode), or None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _retire_stale_evaluation(run_dir: Path, evaluating: bool) -> None:
+    """The checkpoint changed: move the evaluation outputs that describe an older one aside."""
+    from natkit.evaluation.protocol import retire_outputs
+
+    moved = retire_outputs(run_dir)
+    if moved:
+        _say(f"the checkpoint changed: moved the previous evaluation aside "
+             f"({', '.join(f'{old} -> {new.name}' for old, new in moved)}), as it describes an "
+             "earlier checkpoint" + ("" if evaluating else
+                                     f"; evaluate this one with: natkit eval {run_dir}"))
+
+
+def _evaluate(run_dir: Path) -> dict[str, Any]:
+    """Evaluate a run directory; a Ctrl-C costs one line saying what is kept, and exit 130."""
+    from natkit.checkpoint import CHECKPOINT, RESULTS
+    from natkit.evaluation.protocol import evaluate_run
+
+    before = _file_identity(run_dir / RESULTS)
+    try:
+        return evaluate_run(run_dir, console=out, progress=err)
+    except KeyboardInterrupt:
+        after = _file_identity(run_dir / RESULTS)
+        if after is None:
+            kept = f"{RESULTS} was not written"
+        elif after == before:
+            kept = f"the previous {RESULTS} is kept"
+        else:
+            kept = f"{RESULTS} was written just before"
+        _say(f"interrupted: evaluation stopped; {run_dir / CHECKPOINT} is intact and {kept}; "
+             f"evaluate again with: natkit eval {run_dir}")
+        raise typer.Exit(130) from None
 
 
 @app.command("eval")
@@ -163,37 +233,59 @@ def run(
 def eval_command(
     run_dir: Annotated[Path, typer.Argument(help="A run directory made by natkit run.")],
 ) -> None:
-    """Re-run the evaluation of a run: probes, results.json, eval.json and plots."""
-    from natkit.evaluation.protocol import evaluate_run
+    """Re-run the evaluation of a run: probes, results.json, eval.json and plots.
 
-    evaluate_run(run_dir, console=out)
+    Progress goes to stderr; Ctrl-C stops it (exit 130) and keeps the previous results.json.
+    """
+    from natkit.outputs import output_errors
+
+    with output_errors("RUN_DIR", run_dir):
+        _evaluate(run_dir)
 
 
 # ---------------------------------------------------------------- inspection
 
 
-class Kind(str, enum.Enum):
-    backbones = "backbones"
-    targets = "targets"
-    solvers = "solvers"
-    preprocessors = "preprocessors"
-    datasets = "datasets"
+# what `natkit list` accepts -> the registry's kind; plural for the titles
+LIST_KINDS = {
+    "backbones": "backbone", "backbone": "backbone",
+    "targets": "targets", "target": "targets",
+    "solvers": "solver", "solver": "solver",
+    "preprocessors": "preprocess", "preprocessor": "preprocess", "preprocess": "preprocess",
+    "datasets": "dataset", "dataset": "dataset", "data": "dataset",
+}
+PLURALS = {"backbone": "backbones", "targets": "targets", "solver": "solvers",
+           "preprocess": "preprocessors", "dataset": "datasets"}
+
+
+def registry_kind(text: str) -> str:
+    """The registry kind of a `natkit list` argument, singular or plural, in any case."""
+    kind = LIST_KINDS.get(text.strip().lower())
+    if kind is None:
+        raise UnknownComponentError(
+            f"unknown kind '{text}'{did_you_mean(text.strip().lower(), LIST_KINDS)}; valid: "
+            f"{', '.join(PLURALS.values())} (or the singular: backbone, target, solver, "
+            "preprocess, dataset)")
+    return kind
 
 
 @app.command("list")
 @user_errors
 def list_command(
-    kind: Annotated[Kind, typer.Argument(help="Which registry to list.")],
+    kind: Annotated[str, typer.Argument(
+        help="Which registry to list: backbones, targets, solvers, preprocessors or datasets "
+             "(the singular works too, e.g. solver).")],
     pattern: Annotated[str, typer.Argument(help="Glob on the names, e.g. 's*'.")] = "*",
 ) -> None:
     """List the registered components of one kind and the plugin each comes from."""
     from natkit.plugins import registry
 
-    table = Table(title=f"natkit {kind.value}")
+    name = registry_kind(kind)
+    table = Table(title=f"natkit {PLURALS[name]}")
     table.add_column("name", style="bold")
     table.add_column("plugin")
     table.add_column("description")
-    for entry in registry(kind.value).entries(pattern):
+    for entry in registry(name).entries(pattern):
         table.add_row(entry.display_name, entry.plugin, entry.help)
     out.print(table)
 
@@ -218,11 +310,18 @@ def plugins() -> None:
 def export(
     run_dir: Annotated[Path, typer.Argument(help="A run directory made by natkit run.")],
     out_file: Annotated[Path, typer.Option("--out", "-o", help="Where to write the weights (.pt).")],
+    force: Annotated[bool, typer.Option("--force", "-f",
+                                        help="Overwrite --out (and --out.json) if it exists.")]
+    = False,
 ) -> None:
-    """Export the trained backbone as a plain state_dict (no prefixes, no head)."""
+    """Export the trained backbone as a plain state_dict (no prefixes, no head).
+
+    Writes --out and --out.json (how to rebuild the network) atomically; an
+    existing file is kept unless --force is given.
+    """
     from natkit.export import export as export_backbone
 
-    info = export_backbone(run_dir, out_file)
+    info = export_backbone(run_dir, out_file, force=force)
     err.print(f"wrote {out_file} ({info['backbone']}, {info['in_chans']} input channels) and "
               f"{out_file}.json", highlight=False)
     err.print(f"load it with: {info['load_with'].replace('FILE', repr(str(out_file)))}",

@@ -5,6 +5,12 @@ into ``natkit.create_backbone("alexnet", ...)``, a timm backbone into
 ``timm.create_model(name, in_chans=..., num_classes=0)`` (and, for models that
 share timm's layout such as resnets, into torchvision's with ``strict=False``).
 A JSON file beside the weights says how to rebuild the network and its input.
+
+An existing file is never overwritten unless ``force`` is given, and both files
+are written to temporary files first and then renamed into place, so a failed or
+interrupted export leaves whatever was there before. A path the system refuses
+(a name over 255 bytes, a read-only or unwritable directory, /proc, a full disk)
+costs one line naming ``--out`` and the path: see :mod:`natkit.outputs`.
 """
 
 from __future__ import annotations
@@ -18,9 +24,11 @@ import torch
 
 import natkit
 from natkit import config as cfg
-from natkit.checkpoint import CHECKPOINT, atomic_write_bytes, atomic_write_text, load_checkpoint
+from natkit.checkpoint import CHECKPOINT, load_checkpoint
 from natkit.engine import load_dataset, read_run_config
 from natkit.errors import CheckpointError
+from natkit.evaluation.checks import require_finite
+from natkit.outputs import check_output_file, output_errors, write_files
 
 PREFIX = "backbone."
 TIMM_PREFIX = "model."  # natkit's timm wrapper holds the timm model as .model
@@ -35,13 +43,22 @@ def backbone_state(model_state: dict[str, torch.Tensor], backbone: str) -> dict[
     return state
 
 
-def export(run_dir: Path, out: Path) -> dict[str, Any]:
-    """Write the backbone weights to ``out`` and a description to ``out`` + '.json'."""
+# ---------------------------------------------------------------- export
+
+
+def export(run_dir: Path, out: Path, *, force: bool = False) -> dict[str, Any]:
+    """Write the backbone weights to ``out`` and a description to ``out`` + '.json'.
+
+    Refuses (OutputError, naming ``--out``) an ``out`` that is a directory or that
+    exists, unless ``force``, and a checkpoint whose model state is not finite.
+    """
     run_dir, out = Path(run_dir), Path(out)
+    weights_path, info_path = check_output_file(out, force)
     config = read_run_config(run_dir)
     if not (run_dir / CHECKPOINT).exists():
         raise CheckpointError(f"'{run_dir}' holds no {CHECKPOINT} yet; train it first")
     state = load_checkpoint(run_dir / CHECKPOINT)
+    require_finite(state["model"], run_dir / CHECKPOINT, "exported")
     name = config.backbone["name"]
     weights = backbone_state(state["model"], name)
     if not weights:
@@ -65,9 +82,11 @@ def export(run_dir: Path, out: Path) -> dict[str, Any]:
     }
     buffer = io.BytesIO()
     torch.save(weights, buffer)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out, buffer.getvalue())
-    atomic_write_text(out.with_name(out.name + ".json"), json.dumps(info, indent=2) + "\n")
+    with output_errors("--out", out, info_path):
+        check_output_file(out, force)  # again: it may have appeared meanwhile
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_files({weights_path: buffer.getvalue(),
+                     info_path: (json.dumps(info, indent=2) + "\n").encode()})
     return info
 
 

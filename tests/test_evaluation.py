@@ -111,3 +111,34 @@ def test_evaluation_is_repeatable(tiny_config, tmp_path):
                        tmp_path / "run")
     run.train()
     assert evaluate_run(tmp_path / "run")["results"] == evaluate_run(tmp_path / "run")["results"]
+
+
+@pytest.mark.parametrize("extra", [(), ("mode=supervised", "eval.probes=[knn,linear]")])
+def test_every_phase_does_exactly_the_work_it_was_planned_with(tiny_config, tmp_path,
+                                                              monkeypatch, extra):
+    """The remaining-time estimate relies on each phase's planned units being its real work."""
+    from natkit.evaluation import protocol
+    from natkit.progress import EvalProgress
+
+    done: dict[str, tuple[int, int]] = {}
+
+    class Recording(EvalProgress):
+        def _close(self) -> None:
+            if self.current is not None:
+                done[self.current.key] = (self._done, self.current.units)
+
+        def phase(self, key: str) -> None:
+            self._close()
+            super().phase(key)
+
+        def finish(self) -> float:
+            self._close()
+            return super().finish()
+
+    monkeypatch.setattr(protocol, "EvalProgress", Recording)
+    engine.start(tiny_config("train.epochs=1", *extra), tmp_path / "run").train()
+    evaluate_run(tmp_path / "run")
+    config = engine.read_run_config(tmp_path / "run")
+    planned = protocol.plan(config, ["trained", "random_init"], 64, 40)
+    assert list(done) == [p.key for p in planned]
+    assert all(units == work for units, work in done.values()), done

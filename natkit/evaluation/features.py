@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from natkit.evaluation.probes import QUIET, ProbeProgress
+
 
 def _index_batches(n: int, batch_size: int) -> list[torch.Tensor]:
     return list(torch.arange(n).split(batch_size))
@@ -14,13 +16,14 @@ def _index_batches(n: int, batch_size: int) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def recalibrate_batchnorm(model: nn.Module, dataset: object, device: torch.device,
-                          batch_size: int = 256) -> int:
+                          batch_size: int = 256, progress: ProbeProgress = QUIET) -> int:
     """Recompute every BatchNorm's running statistics of ``model.backbone`` on ``dataset``.
 
     A randomly initialised network still holds BatchNorm's default statistics
     (mean 0, variance 1), which are wrong for its activations; probing it that
     way understates it badly. The statistics become exact averages over the
-    unaugmented images. Returns the number of BatchNorm layers updated.
+    unaugmented images. Returns the number of BatchNorm layers updated. ``progress``
+    advances by the images of each batch.
     """
     backbone = model.backbone
     layers = [m for m in backbone.modules() if isinstance(m, _BatchNorm)]
@@ -32,6 +35,7 @@ def recalibrate_batchnorm(model: nn.Module, dataset: object, device: torch.devic
     try:
         for idx in _index_batches(len(dataset), batch_size):
             backbone(model.preprocess(dataset.get_batch(idx).to(device)))
+            progress.advance(len(idx))
     finally:
         for m, momentum in zip(layers, saved, strict=True):
             m.momentum = momentum
@@ -41,11 +45,13 @@ def recalibrate_batchnorm(model: nn.Module, dataset: object, device: torch.devic
 
 @torch.no_grad()
 def extract_features(model: nn.Module, dataset: object, layer: str, device: torch.device,
-                     batch_size: int = 256, tap_pool: int = 2) -> torch.Tensor:
+                     batch_size: int = 256, tap_pool: int = 2,
+                     progress: ProbeProgress = QUIET) -> torch.Tensor:
     """Features of every image at tap ``layer``, float32 ``[n, d]`` on the CPU.
 
     ``last`` is the backbone's pooled output; an intermediate map is
-    average-pooled to ``tap_pool`` x ``tap_pool`` and flattened.
+    average-pooled to ``tap_pool`` x ``tap_pool`` and flattened. ``progress`` advances by
+    the images of each batch.
     """
     model.eval()
     chunks = []
@@ -54,4 +60,5 @@ def extract_features(model: nn.Module, dataset: object, layer: str, device: torc
         if out.ndim == 4:
             out = F.adaptive_avg_pool2d(out, tap_pool)
         chunks.append(out.flatten(1).float().cpu())
+        progress.advance(len(idx))
     return torch.cat(chunks)

@@ -33,6 +33,22 @@ class ProbeResult:
 Predictor = Callable[[torch.Tensor], torch.Tensor]  # features -> predicted labels
 
 
+class ProbeProgress:
+    """What a probe reports while it works; this one ignores it (see natkit.progress)."""
+
+    def step(self, detail: str) -> None:
+        """A fit (or a prediction) begins."""
+
+    def advance(self, units: int = 1) -> None:
+        """``units`` of work are done: a fit (linear), an epoch (MLP), a prediction (kNN)."""
+
+    def tick(self) -> None:
+        """Still working, no unit finished."""
+
+
+QUIET = ProbeProgress()
+
+
 def standardize(fit: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
     """Centre and scale every feature with the statistics of ``fit`` only."""
     mean = fit.mean(dim=0, keepdim=True)
@@ -56,8 +72,12 @@ def mlp_model(d: int, classes: int, hidden: int = 4096) -> nn.Module:
 
 def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs: int,
                    weight_decay: float, seed: int, batch_size: int = 256, lr: float = 1e-3,
-                   device: torch.device | str = "cpu") -> nn.Module:
-    """Train ``model`` with Adam (L2 ``weight_decay``) and a cosine schedule; returns it."""
+                   device: torch.device | str = "cpu",
+                   progress: ProbeProgress = QUIET) -> nn.Module:
+    """Train ``model`` with Adam (L2 ``weight_decay``) and a cosine schedule; returns it.
+
+    ``progress`` advances by one unit per epoch.
+    """
     g = torch.Generator().manual_seed(seed)
     model = model.to(device).train()
     x, y = x.to(device), y.to(device)
@@ -76,6 +96,7 @@ def fit_classifier(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, epochs
             loss.backward()
             optimizer.step()
             schedule.step()
+        progress.advance(1)
     return model.eval()
 
 
@@ -93,21 +114,36 @@ def accuracy(predictor: Predictor, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def _select(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
             test_y: torch.Tensor, settings: Sequence[dict[str, Any]], val_fraction: float,
-            seed: int, fit: Callable[[torch.Tensor, torch.Tensor, dict[str, Any]], Predictor]
-            ) -> ProbeResult:
+            seed: int, fit: Callable[[torch.Tensor, torch.Tensor, dict[str, Any]], Predictor],
+            progress: ProbeProgress = QUIET, describe: Callable[[dict[str, Any]], str] = str,
+            units_per_fit: int = 0) -> ProbeResult:
+    """Choose a setting on validation, refit on the whole training split, test once.
+
+    ``progress`` hears of each of the ``len(settings) + 1`` fits as a step, and
+    advances by ``units_per_fit`` after each (0 when ``fit`` advances it itself).
+    """
+    total = len(settings) + 1
     fit_idx, val_idx = stratified_split(train_y.numpy(), val_fraction, seed)
     fit_idx, val_idx = torch.as_tensor(fit_idx), torch.as_tensor(val_idx)
     fit_x, val_x = standardize(train_x[fit_idx], train_x[val_idx])
-    scores = [accuracy(fit(fit_x, train_y[fit_idx], s), val_x, train_y[val_idx]) for s in settings]
+    scores = []
+    for i, setting in enumerate(settings):
+        progress.step(f"{describe(setting)} on the validation split ({i + 1}/{total})")
+        scores.append(accuracy(fit(fit_x, train_y[fit_idx], setting), val_x, train_y[val_idx]))
+        progress.advance(units_per_fit)
     best = max(range(len(settings)), key=lambda i: (scores[i], -i))
     full_x, held_x = standardize(train_x, test_x)
+    progress.step(f"{describe(settings[best])} refit on the whole training split "
+                  f"({total}/{total})")
     final = fit(full_x, train_y, settings[best])
-    return ProbeResult(accuracy(final, held_x, test_y), dict(settings[best]), scores[best],
-                       accuracy(final, full_x, train_y))
+    result = ProbeResult(accuracy(final, held_x, test_y), dict(settings[best]), scores[best],
+                         accuracy(final, full_x, train_y))
+    progress.advance(units_per_fit)
+    return result
 
 
 def fit_linear(x: torch.Tensor, y: torch.Tensor, *, weight_decay: float, iterations: int = 200,
-               device: torch.device | str = "cpu") -> nn.Module:
+               device: torch.device | str = "cpu", progress: ProbeProgress = QUIET) -> nn.Module:
     """L2-regularised multinomial logistic regression, solved full-batch with L-BFGS.
 
     The problem is convex, so the result depends on the data and ``weight_decay``
@@ -125,6 +161,7 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor, *, weight_decay: float, iterati
         optimizer.zero_grad(set_to_none=True)
         loss = F.cross_entropy(model(x), y) + 0.5 * weight_decay * model.weight.pow(2).sum()
         loss.backward()
+        progress.tick()
         return loss
 
     optimizer.step(closure)
@@ -134,39 +171,49 @@ def fit_linear(x: torch.Tensor, y: torch.Tensor, *, weight_decay: float, iterati
 def linear_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
                  test_y: torch.Tensor, *, weight_decays: Sequence[float], iterations: int = 200,
                  val_fraction: float = 0.2, seed: int = 0,
-                 device: torch.device | str = "cpu") -> ProbeResult:
-    """Multinomial logistic regression; the L2 strength is chosen on validation."""
+                 device: torch.device | str = "cpu",
+                 progress: ProbeProgress = QUIET) -> ProbeResult:
+    """Multinomial logistic regression; the L2 strength is chosen on validation.
+
+    ``progress`` advances by one unit per fit: ``len(weight_decays) + 1`` in all.
+    """
 
     def fit(x: torch.Tensor, y: torch.Tensor, setting: dict[str, Any]) -> Predictor:
         model = fit_linear(x, y, weight_decay=setting["weight_decay"], iterations=iterations,
-                           device=device)
+                           device=device, progress=progress)
         return lambda features: predict(model, features)
 
     settings = [{"weight_decay": wd} for wd in weight_decays]
-    return _select(train_x, train_y, test_x, test_y, settings, val_fraction, seed, fit)
+    return _select(train_x, train_y, test_x, test_y, settings, val_fraction, seed, fit,
+                   progress, lambda s: f"L2 strength {s['weight_decay']:g}", units_per_fit=1)
 
 
 def mlp_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
               test_y: torch.Tensor, *, hidden: int, weight_decays: Sequence[float],
               epochs: int = 60, val_fraction: float = 0.2, seed: int = 0, batch_size: int = 256,
-              device: torch.device | str = "cpu") -> ProbeResult:
-    """The paper's two-hidden-layer MLP; the weight decay is chosen on validation."""
+              device: torch.device | str = "cpu",
+              progress: ProbeProgress = QUIET) -> ProbeResult:
+    """The paper's two-hidden-layer MLP; the weight decay is chosen on validation.
+
+    ``progress`` advances by one unit per epoch: ``(len(weight_decays) + 1) * epochs`` in all.
+    """
 
     def fit(x: torch.Tensor, y: torch.Tensor, setting: dict[str, Any]) -> Predictor:
         torch.manual_seed(seed)
         model = fit_classifier(mlp_model(x.shape[1], int(y.max()) + 1, hidden), x, y,
                                epochs=epochs, weight_decay=setting["weight_decay"], seed=seed,
-                               batch_size=batch_size, device=device)
+                               batch_size=batch_size, device=device, progress=progress)
         return lambda features: predict(model, features)
 
     settings = [{"weight_decay": wd} for wd in weight_decays]
-    return _select(train_x, train_y, test_x, test_y, settings, val_fraction, seed, fit)
+    return _select(train_x, train_y, test_x, test_y, settings, val_fraction, seed, fit,
+                   progress, lambda s: f"weight decay {s['weight_decay']:g}, {epochs} epochs")
 
 
 @torch.no_grad()
 def knn_predict(bank_x: torch.Tensor, bank_y: torch.Tensor, query_x: torch.Tensor,
-                ks: Sequence[int], temperature: float = 0.07,
-                chunk: int = 1024) -> dict[int, torch.Tensor]:
+                ks: Sequence[int], temperature: float = 0.07, chunk: int = 1024,
+                progress: ProbeProgress = QUIET) -> dict[int, torch.Tensor]:
     """Cosine kNN with votes weighted by exp(similarity / T), for several k at once."""
     bank = F.normalize(bank_x, dim=1)
     classes = int(bank_y.max()) + 1
@@ -181,18 +228,25 @@ def knn_predict(bank_x: torch.Tensor, bank_y: torch.Tensor, query_x: torch.Tenso
             votes = torch.zeros(len(q), classes)
             votes.scatter_add_(1, labels[:, :kk], weights[:, :kk])
             out[k].append(votes.argmax(dim=1))
+        progress.tick()
     return {k: torch.cat(v) for k, v in out.items()}
 
 
 def knn_probe(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor,
               test_y: torch.Tensor, *, ks: Sequence[int], temperature: float = 0.07,
-              val_fraction: float = 0.2, seed: int = 0) -> ProbeResult:
-    """Weighted cosine kNN on standardised features; k is chosen on validation."""
+              val_fraction: float = 0.2, seed: int = 0,
+              progress: ProbeProgress = QUIET) -> ProbeResult:
+    """Weighted cosine kNN on standardised features; k is chosen on validation.
+
+    ``progress`` advances by one unit per prediction: ``len(ks) + 1`` in all.
+    """
 
     def fit(x: torch.Tensor, y: torch.Tensor, setting: dict[str, Any]) -> Predictor:
         k = setting["k"]
-        return lambda features: knn_predict(x, y, features, [k], temperature)[k]
+        return lambda features: knn_predict(x, y, features, [k], temperature,
+                                            progress=progress)[k]
 
     settings = [{"k": int(k)} for k in ks]
-    return _select(train_x, train_y, test_x, test_y, settings, val_fraction, seed, fit)
+    return _select(train_x, train_y, test_x, test_y, settings, val_fraction, seed, fit,
+                   progress, lambda s: f"k={s['k']}", units_per_fit=1)
 

@@ -10,7 +10,9 @@ carved from the training split; the test split is used once, at the end.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +31,33 @@ from natkit.checkpoint import (
 )
 from natkit.engine import initial_network, load_dataset, pick_device, read_run_config
 from natkit.errors import CheckpointError, ConfigError
+from natkit.evaluation.checks import require_finite
 from natkit.evaluation.features import extract_features, recalibrate_batchnorm
 from natkit.evaluation.plots import plot_filters, plot_loss, plot_neighbours
-from natkit.evaluation.probes import ProbeResult, knn_probe, linear_probe, mlp_probe
+from natkit.evaluation.probes import (
+    QUIET,
+    ProbeProgress,
+    ProbeResult,
+    knn_probe,
+    linear_probe,
+    mlp_probe,
+)
+from natkit.progress import EvalProgress, Phase, format_seconds
 
 DETAILS = "eval.json"
+PLOTS = ("loss.png", "filters.png", "neighbours.png")
+# Files an evaluation writes into the run directory: they describe one checkpoint.
+OUTPUTS = (RESULTS, DETAILS, *PLOTS)
+PROBE_NAMES = {"linear": "linear probe", "mlp": "MLP probe", "knn": "kNN probe"}
+# The probes run cheapest first (they do not depend on each other's order): the MLP probe,
+# the longest, is then the only kind of phase still untimed once the first network's others
+# are done, and the remaining time can be told from its first epoch on.
+RUN_ORDER = ("knn", "linear", "mlp")
+
+
+def run_order(probes: list[str]) -> list[str]:
+    """``probes`` in the order they run."""
+    return sorted(probes, key=lambda p: RUN_ORDER.index(p) if p in RUN_ORDER else len(RUN_ORDER))
 
 
 def _labelled(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,15 +65,57 @@ def _labelled(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
     return x[keep], y[keep]
 
 
+def plan(config: cfg.Config, networks: list[str], train_images: int, test_images: int,
+         plots: bool = True) -> list[Phase]:
+    """The phases of an evaluation, in the order :func:`evaluate` runs them."""
+    e = config.eval
+    phases = []
+    for which in networks:
+        recalibrate = which == "random_init"
+        phases.append(Phase(
+            f"features/{which}",
+            ("recalibrating BatchNorm and extracting features" if recalibrate
+             else "extracting features") + f" ({which})",
+            "features", train_images * (2 if recalibrate else 1) + test_images, "images",
+            announce_steps=False))
+    for which in networks:
+        for probe in run_order(e.probes):
+            label = f"{PROBE_NAMES[probe]} ({which})"
+            if probe == "linear":
+                phases.append(Phase(f"linear/{which}", label, "linear",
+                                    len(e.linear_weight_decay) + 1, "fits"))
+            elif probe == "mlp":
+                phases.append(Phase(f"mlp/{which}", label, "mlp",
+                                    (len(e.mlp_weight_decay) + 1) * e.mlp_epochs, "epochs"))
+            else:
+                phases.append(Phase(f"knn/{which}", label, "knn", len(e.knn_k) + 1,
+                                    "predictions", announce_steps=False))
+    if config.mode == "supervised":
+        phases.append(Phase("classifier", "classifier accuracy (trained)", "features",
+                            test_images, "images", announce_steps=False))
+    if e.plots and plots:
+        phases.append(Phase("plots", "drawing " + ", ".join(PLOTS), "plots", len(PLOTS), "plots",
+                            announce_steps=False, estimated=False))
+    return phases
+
+
 def run_probes(config: cfg.Config, train: tuple[torch.Tensor, torch.Tensor],
                test: tuple[torch.Tensor, torch.Tensor],
-               device: torch.device) -> dict[str, ProbeResult]:
-    """Every configured probe on one network's (features, labels) of both splits."""
+               device: torch.device, *, which: str = "trained",
+               progress: EvalProgress | None = None) -> dict[str, ProbeResult]:
+    """Every configured probe on one network's (features, labels) of both splits.
+
+    With ``progress``, each probe is the planned phase ``'<probe>/<which>'``.
+    """
     e = config.eval
     (train_x, train_y), (test_x, test_y) = _labelled(*train), _labelled(*test)
-    common = {"val_fraction": e.val_fraction, "seed": config.seed}
     results: dict[str, ProbeResult] = {}
-    for probe in e.probes:
+    for probe in run_order(e.probes):
+        reporter: ProbeProgress | EvalProgress = QUIET
+        if progress is not None:
+            progress.phase(f"{probe}/{which}")
+            reporter = progress
+        common = {"val_fraction": e.val_fraction, "seed": config.seed, "progress": reporter}
         if probe == "linear":
             results[probe] = linear_probe(train_x, train_y, test_x, test_y,
                                           weight_decays=e.linear_weight_decay,
@@ -62,12 +128,28 @@ def run_probes(config: cfg.Config, train: tuple[torch.Tensor, torch.Tensor],
         else:
             results[probe] = knn_probe(train_x, train_y, test_x, test_y, ks=e.knn_k,
                                        temperature=e.knn_temperature, **common)
-    return results
+    return {probe: results[probe] for probe in e.probes}
+
+
+def _save_plot(draw: Callable[[Path], object], path: Path) -> None:
+    """Draw a figure into a temporary file, then rename it over ``path``."""
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        draw(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def evaluate(config: cfg.Config, model_state: dict[str, torch.Tensor], *,
              run_dir: Path | None = None, console: Console | None = None) -> dict[str, Any]:
-    """Probe the trained network and its random initialisation; returns results and details."""
+    """Probe the trained network and its random initialisation; returns results and details.
+
+    Progress goes to ``console`` (stderr by default): rich bars on a terminal,
+    otherwise one line per phase (``evaluating: extracting features (trained) ...``),
+    per fit of a linear or MLP probe, and every ``natkit.progress.HEARTBEAT_SECONDS``
+    within a long phase, each with the remaining time once it can be estimated.
+    """
     console = console or Console(stderr=True)
     device = pick_device(config.device)
     e = config.eval
@@ -80,19 +162,37 @@ def evaluate(config: cfg.Config, model_state: dict[str, torch.Tensor], *,
     networks["trained"].load_state_dict(model_state)
     if e.baseline:
         networks["random_init"] = initial_network(config, train_set)
-    features: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for which, net in networks.items():
-        net.to(device).eval()
+    for net in networks.values():
         if e.layer not in net.backbone.tap_names:
             raise ConfigError(f"eval.layer: '{e.layer}' is not a tap of this backbone; valid: "
                               f"{', '.join(net.backbone.tap_names)}")
+    phases = plan(config, list(networks), len(train_set), len(test_set),
+                  plots=run_dir is not None)
+    with EvalProgress(console, phases) as progress:
+        out = _evaluate(config, networks, train_set, test_set, device, run_dir, progress)
+        seconds = progress.finish()
+    console.print(f"evaluated in {format_seconds(seconds)}", highlight=False, soft_wrap=True)
+    return out
+
+
+def _evaluate(config: cfg.Config, networks: dict[str, Any], train_set: Any, test_set: Any,
+              device: torch.device, run_dir: Path | None,
+              progress: EvalProgress) -> dict[str, Any]:
+    e = config.eval
+    train_y, test_y = train_set.labels, test_set.labels
+    features: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for which, net in networks.items():
+        progress.phase(f"features/{which}")
+        net.to(device).eval()
         if which == "random_init":
-            recalibrate_batchnorm(net, train_set, device, e.batch_size)
+            recalibrate_batchnorm(net, train_set, device, e.batch_size, progress=progress)
         features[which] = tuple(extract_features(net, ds, e.layer, device, e.batch_size,
-                                                 e.tap_pool) for ds in (train_set, test_set))
+                                                 e.tap_pool, progress=progress)
+                                for ds in (train_set, test_set))
 
     started = time.perf_counter()
-    probes = {which: run_probes(config, (fx[0], train_y), (fx[1], test_y), device)
+    probes = {which: run_probes(config, (fx[0], train_y), (fx[1], test_y), device,
+                                which=which, progress=progress)
               for which, fx in features.items()}
     results = {probe: {which: round(probes[which][probe].accuracy, 4) for which in probes}
                for probe in e.probes}
@@ -105,22 +205,63 @@ def evaluate(config: cfg.Config, model_state: dict[str, torch.Tensor], *,
                    for probe in e.probes},
     }
     if config.mode == "supervised":
+        progress.phase("classifier")
         net = networks["trained"]
+        chunks = []
         with torch.no_grad():
-            logits = torch.cat([net(test_set.get_batch(idx).to(device)).cpu()
-                                for idx in torch.arange(len(test_set)).split(e.batch_size)])
+            for idx in torch.arange(len(test_set)).split(e.batch_size):
+                chunks.append(net(test_set.get_batch(idx).to(device)).cpu())
+                progress.advance(len(idx))
+        logits = torch.cat(chunks)
         details["classifier_accuracy"] = float((logits.argmax(1) == test_y).float().mean())
 
-    if run_dir is not None and e.plots:
-        plot_loss(read_metrics(run_dir / METRICS), run_dir / "loss.png")
-        plot_filters(networks["trained"].cpu(), run_dir / "filters.png")
-        plot_neighbours(train_set, test_set, features["trained"][0], features["trained"][1],
-                        run_dir / "neighbours.png", seed=config.seed)
+    if e.plots and run_dir is not None:
+        progress.phase("plots")
+        loss, filters, neighbours = (run_dir / name for name in PLOTS)
+        _save_plot(lambda p: plot_loss(read_metrics(run_dir / METRICS), p), loss)
+        progress.advance()
+        _save_plot(lambda p: plot_filters(networks["trained"].cpu(), p), filters)
+        progress.advance()
+        _save_plot(lambda p: plot_neighbours(train_set, test_set, features["trained"][0],
+                                             features["trained"][1], p, seed=config.seed),
+                   neighbours)
+        progress.advance()
     return {"results": results, "details": details}
 
 
-def evaluate_run(run_dir: Path, *, console: Console | None = None) -> dict[str, Any]:
-    """Evaluate a run directory's checkpoint; writes results.json and eval.json, prints a table."""
+def stale_name(name: str) -> str:
+    """Where an outdated evaluation output is moved: results.json -> results.stale.json."""
+    stem, dot, suffix = name.rpartition(".")
+    return f"{stem}.stale.{suffix}" if dot else f"{name}.stale"
+
+
+def retire_outputs(run_dir: Path) -> list[tuple[str, Path]]:
+    """Move the evaluation outputs of ``run_dir`` aside, as they describe an older checkpoint.
+
+    results.json becomes results.stale.json, eval.json eval.stale.json, each plot
+    ``NAME.stale.png``, replacing older stale ones. Returns ``(name, new path)``
+    for each file moved.
+    """
+    moved = []
+    for name in OUTPUTS:
+        path = Path(run_dir) / name
+        if path.exists():
+            target = path.with_name(stale_name(name))
+            os.replace(path, target)
+            moved.append((name, target))
+    return moved
+
+
+def evaluate_run(run_dir: Path, *, console: Console | None = None,
+                 progress: Console | None = None) -> dict[str, Any]:
+    """Evaluate a run directory's checkpoint; writes results.json and eval.json, prints a table.
+
+    The table goes to ``console`` (stderr by default), the progress to ``progress``
+    (by default ``console``). A checkpoint whose model state holds NaN or inf is
+    refused. results.json and eval.json are written (atomically) only at the end, after
+    the plots (each replaced atomically): an interrupted evaluation leaves the previous
+    results.json and eval.json in place.
+    """
     run_dir = Path(run_dir)
     console = console or Console(stderr=True)
     config = read_run_config(run_dir)
@@ -128,14 +269,16 @@ def evaluate_run(run_dir: Path, *, console: Console | None = None) -> dict[str, 
     if not path.exists():
         raise CheckpointError(f"'{run_dir}' holds no {CHECKPOINT} yet; train it first")
     state = load_checkpoint(path)
+    require_finite(state["model"], path, "evaluated")
     try:
-        out = evaluate(config, state["model"], run_dir=run_dir, console=console)
+        out = evaluate(config, state["model"], run_dir=run_dir, console=progress or console)
     except RuntimeError as exc:
         if "state_dict" not in str(exc):
             raise
         raise CheckpointError(f"checkpoint '{path}' does not fit the run's config: "
                               f"{str(exc).splitlines()[0][:200]}") from None
     out["details"]["epochs_trained"] = int(state["epoch"])
+    out["details"]["step"] = int(state.get("step", 0))
     atomic_write_json(run_dir / RESULTS, out["results"])
     atomic_write_json(run_dir / DETAILS, out["details"])
     console.print(results_table(out["results"], out["details"]))

@@ -1,0 +1,44 @@
+"""Checks on a checkpoint's model state before it is evaluated or exported."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from natkit.errors import CheckpointError
+
+
+def first_non_finite(state: Mapping[str, Any]) -> tuple[str, int, int, bool] | None:
+    """The first floating tensor holding NaN or inf, in state order.
+
+    Returns ``(name, bad values, values, has NaN)``, or None when every value is
+    finite. Integer tensors (e.g. BatchNorm's ``num_batches_tracked``) cannot be.
+    """
+    for name, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            continue
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            return name, int((~finite).sum()), tensor.numel(), bool(torch.isnan(tensor).any())
+    return None
+
+
+def require_finite(model_state: Mapping[str, Any], path: Path, what: str) -> None:
+    """Refuse a checkpoint whose weights or BatchNorm statistics hold NaN or inf.
+
+    Such a network computes NaN features, and a probe on them would report
+    chance accuracy as if it were a result. ``what`` is the refused action,
+    e.g. 'evaluated' or 'exported'.
+    """
+    bad = first_non_finite(model_state)
+    if bad is None:
+        return
+    name, count, total, nan = bad
+    kind = "NaN" if nan else "infinite"
+    raise CheckpointError(
+        f"checkpoint '{path}' holds {kind} values in '{name}' ({count} of {total}), the first "
+        f"non-finite tensor; it cannot be {what}: the run diverged before this checkpoint was "
+        "written; train it again from an earlier checkpoint or with a lower train.lr")
