@@ -71,7 +71,8 @@ def test_killed_at_several_moments_then_resumed_equals_an_uninterrupted_run(tmp_
 
 def test_ctrl_c_saves_a_checkpoint_exits_cleanly_and_resumes_exactly(tmp_path):
     reference = natkit_run("--out", str(tmp_path / "ref"), *set_args(RUN))
-    assert reference.wait(timeout=300) == 0
+    _, err = reference.communicate(timeout=300)
+    assert reference.returncode == 0, err
     run_dir = tmp_path / "run"
     proc = natkit_run("--out", str(run_dir), *set_args(RUN))
     deadline = time.monotonic() + 120
