@@ -14,13 +14,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import natkit
 from natkit import checkpoint, engine
 from natkit.checkpoint import load_checkpoint, save_checkpoint
 from natkit.cli import app
 from natkit.errors import CheckpointError, OutputError
 from tests.conftest import TINY
-from tests.test_engine import assert_same_state
+from tests.test_engine import StopAfter, assert_same_state
 
 RUN = [*TINY, "train.epochs=3", "train.log_every=1", "deterministic=true", "eval.enabled=false"]
 
@@ -175,22 +174,10 @@ def test_the_number_of_loader_workers_does_not_change_the_training(tiny_config, 
                    load_checkpoint(tmp_path / "w2" / "checkpoint.pt"))
 
 
-class StopAt:
-    """Asks the run to stop after a given step, as Ctrl-C does."""
-
-    def __init__(self, step):
-        self.step = step
-
-    @natkit.hookimpl
-    def on_step_end(self, run, metrics):
-        if run.step == self.step:
-            run._stop_requested = True
-
-
 def test_a_stop_mid_epoch_with_workers_and_dropout_resumes_exactly(tiny_config, tmp_path, host):
     extra = (*DROPOUT_HEAD, "train.num_workers=2", "train.epochs=2")
     engine.start(tiny_config(*extra), tmp_path / "full").train()
-    host.register(StopAt(step=5), name="stopper")
+    host.register(StopAfter(step=5), name="stopper")
     assert engine.start(tiny_config(*extra), tmp_path / "part").train() is False
     host.unregister("stopper")
     engine.resume(tmp_path / "part").train()
