@@ -254,7 +254,8 @@ class Run:
             self.epoch, self.step = int(state["epoch"]), int(state["step"])
             self.batch_in_epoch = int(state["batch_in_epoch"])
             per_epoch = len(self.dataset) // self.config.train.batch_size
-            if not (0 <= self.batch_in_epoch < per_epoch and self.epoch >= 0
+            # batch_in_epoch == per_epoch: stopped after the last batch, before the epoch closed
+            if not (0 <= self.batch_in_epoch <= per_epoch and self.epoch >= 0
                     and self.step == self.epoch * per_epoch + self.batch_in_epoch):
                 raise ValueError(f"its counters do not add up (epoch {self.epoch}, batch "
                                  f"{self.batch_in_epoch}, step {self.step}, with {per_epoch} "

@@ -111,3 +111,21 @@ def app_cli():
     from natkit.cli import app
 
     return app
+
+
+def test_a_stop_after_an_epochs_last_batch_resumes(tiny_config, tmp_path, host):
+    """batch_in_epoch == batches per epoch is honest: the epoch's summary was not written yet."""
+    from tests.test_engine import StopAfter, assert_same_state
+
+    exact = ("deterministic=true", "train.epochs=2")
+    engine.start(tiny_config(*exact), tmp_path / "full").train()
+    host.register(StopAfter(step=4), name="stopper")  # 64 images / 16 = 4 batches an epoch
+    assert engine.start(tiny_config(*exact), tmp_path / "part").train() is False
+    host.unregister("stopper")
+    state = load_checkpoint(tmp_path / "part" / "checkpoint.pt")
+    assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (0, 4, 4)
+    assert engine.resume(tmp_path / "part").train()
+    full = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
+    part = load_checkpoint(tmp_path / "part" / "checkpoint.pt")
+    for key in ("model", "optimizer", "assignment", "step", "epoch"):
+        assert_same_state(part[key], full[key], key)
