@@ -9,6 +9,7 @@ import json
 import os
 import pickle
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,21 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"checkpoint '{path}' is not a natkit checkpoint (no 'model' entry)")
     return state
+
+
+def first_non_finite(state: Mapping[str, Any]) -> tuple[str, int, int, bool] | None:
+    """The first floating tensor holding NaN or inf, in state order.
+
+    Returns ``(name, bad values, values, has NaN)``, or None when every value is
+    finite. Integer tensors (e.g. BatchNorm's ``num_batches_tracked``) cannot be.
+    """
+    for name, tensor in state.items():
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
+            continue
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            return name, int((~finite).sum()), tensor.numel(), bool(torch.isnan(tensor).any())
+    return None
 
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:

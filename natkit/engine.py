@@ -33,6 +33,7 @@ from natkit.checkpoint import (
     CONFIG,
     METRICS,
     atomic_write_text,
+    first_non_finite,
     load_checkpoint,
     read_metrics,
     save_checkpoint,
@@ -227,10 +228,9 @@ class Run:
 
     def save(self) -> None:
         """Write checkpoint.pt atomically; never a network with non-finite weights or statistics."""
-        bad = next((name for name, t in self.model.state_dict().items()
-                    if t.is_floating_point() and not torch.isfinite(t).all()), None)
+        bad = first_non_finite(self.model.state_dict())
         if bad is not None:
-            raise self._diverged(f"the network ({bad})")
+            raise self._diverged(f"the network ({bad[0]})")
         save_checkpoint(self.state_dict(), self.checkpoint_path)
 
     def load(self, state: dict[str, Any]) -> None:

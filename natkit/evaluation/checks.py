@@ -6,24 +6,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from natkit.checkpoint import first_non_finite
 from natkit.errors import CheckpointError
-
-
-def first_non_finite(state: Mapping[str, Any]) -> tuple[str, int, int, bool] | None:
-    """The first floating tensor holding NaN or inf, in state order.
-
-    Returns ``(name, bad values, values, has NaN)``, or None when every value is
-    finite. Integer tensors (e.g. BatchNorm's ``num_batches_tracked``) cannot be.
-    """
-    for name, tensor in state.items():
-        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point():
-            continue
-        finite = torch.isfinite(tensor)
-        if not bool(finite.all()):
-            return name, int((~finite).sum()), tensor.numel(), bool(torch.isnan(tensor).any())
-    return None
 
 
 def require_finite(model_state: Mapping[str, Any], path: Path, what: str) -> None:
