@@ -20,8 +20,8 @@ from typing import Any
 from rich.console import Console
 
 from benchmarks.tables import SCALES, Claim, Table
+from natkit import builders, engine
 from natkit import config as cfg
-from natkit import engine
 from natkit.checkpoint import CHECKPOINT, atomic_write_json
 from natkit.evaluation.protocol import evaluate_run
 
@@ -67,7 +67,7 @@ def _accuracies(run_dir: Path) -> tuple[dict[str, float], dict[str, float], dict
 
 def _train(config: cfg.Config, run_dir: Path, quiet: Console) -> None:
     if (run_dir / CHECKPOINT).exists():
-        changes = config if cfg.difference(engine.read_run_config(run_dir).to_dict(),
+        changes = config if cfg.difference(builders.read_run_config(run_dir).to_dict(),
                                             config.to_dict()) else None
         run = engine.resume(run_dir, changes, console=quiet)
     else:

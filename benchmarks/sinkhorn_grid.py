@@ -27,7 +27,7 @@ from benchmarks.speed import (
     synchronizer,
     timed,
 )
-from natkit import engine
+from natkit import builders
 from natkit.solvers.sinkhorn import SinkhornSolver
 
 
@@ -35,7 +35,7 @@ def sinkhorn_grid(sizes: Sequence[int] = (64, 256, 1024), regs: Sequence[float] 
                   iterations: Sequence[int] = (30, 50, 100), seeds: int = 4, dim: int = 2048,
                   device: str = "cpu") -> list[dict[str, Any]]:
     """One row per (b, reg, iterations): median seconds, mean and max gap in %, scipy's seconds."""
-    dev = engine.pick_device(device)
+    dev = builders.pick_device(device)
     sync = synchronizer(dev)
     rows = []
     for b in sizes:

@@ -28,8 +28,8 @@ from rich.console import Console
 from scipy.optimize import linear_sum_assignment
 
 import natkit
+from natkit import builders, engine
 from natkit import config as cfg
-from natkit import engine
 from natkit.assignment import AssignmentState
 from natkit.plugins import registry
 from natkit.solvers import assignment_cost, is_permutation
@@ -182,7 +182,7 @@ def solver_speed(sizes: Sequence[int] = (64, 128, 256, 512, 1024, 2048, 4096), r
                  extra: Mapping[str, Callable[[torch.Tensor], torch.Tensor]] | None = None,
                  ) -> list[dict[str, Any]]:
     """Median solve time and optimality gap of every registered solver (and ``extra``) at each b."""
-    dev = engine.pick_device(device)
+    dev = builders.pick_device(device)
     sync = synchronizer(dev)
     names = list(solvers) if solvers is not None else natkit.list_components("solver")
     built = {name: natkit.create_solver(name) for name in names}
@@ -275,7 +275,7 @@ def step_speed(config_overrides: Sequence[str] = (), steps: int = 20,
     afterwards: timing it inside the main loop would add synchronisations.
     """
     overrides = list(config_overrides)
-    configs = {mode: cfg.build(overrides=[*overrides, f"mode={mode}"])
+    configs = {mode: cfg.build(overrides=[*overrides, f"method={mode}"])
                for mode in ("nat", "supervised")}
     quiet = Console(stderr=True, quiet=True)
     with tempfile.TemporaryDirectory(prefix="natkit-speed-") as tmp:
@@ -286,16 +286,19 @@ def step_speed(config_overrides: Sequence[str] = (), steps: int = 20,
         data = {"nat": _batches(nat, rounds * block, on_device),
                 "supervised": _batches(sup, rounds * block, on_device)}
 
-        def repeat(run: engine.Run, batches: list[Any], reassign: bool) -> Callable[[int], Any]:
+        def repeat(run: engine.Run, batches: list[Any],
+                   reassign: bool | None) -> Callable[[int], Any]:
             def go(i: int) -> None:
+                if reassign is not None:  # NAT: in a reassignment epoch, or not
+                    run.method.reassigning = reassign
                 for j in range(i * block, (i + 1) * block):
-                    run.train_step(*batches[j % len(batches)], reassign)
+                    run.train_step(*batches[j % len(batches)])
             return go
 
         cases: dict[str, Callable[[int], Any]] = {
             "nat_reassign": repeat(nat, data["nat"], True),
             "nat_fixed": repeat(nat, data["nat"], False),
-            "supervised": repeat(sup, data["supervised"], False),
+            "supervised": repeat(sup, data["supervised"], None),
         }
         names = list(cases)
         times: dict[str, list[float]] = {name: [] for name in names}
@@ -305,17 +308,18 @@ def step_speed(config_overrides: Sequence[str] = (), steps: int = 20,
                 seconds, _ = timed(lambda name=name, i=i: cases[name](i), sync)
                 if i >= warmup:
                     times[name].append(seconds / block)
-        solver = TimedSolver(nat.solver, sync)
-        nat.solver = solver
+        solver = TimedSolver(nat.method.solver, sync)
+        nat.method.solver = solver
+        nat.method.reassigning = True
         for i in range(steps):
-            nat.train_step(*data["nat"][i % len(data["nat"])], True)
+            nat.train_step(*data["nat"][i % len(data["nat"])])
         solve_times = solver.seconds
         config = configs["nat"]
         solver_name = config.solver["name"]
         device = str(nat.device)
     median = {name: statistics.median(values) for name, values in times.items()}
     spread = {name: _iqr(values) for name, values in times.items()}
-    k = config.nat.permute_every
+    k = config.method["permute_every"]
     # one reassignment epoch in every k (none at all when k is 0)
     period = (median["nat_fixed"] if k == 0
               else (median["nat_reassign"] + (k - 1) * median["nat_fixed"]) / k)
@@ -367,9 +371,9 @@ def _targets_at(name: str, dim: int, k: int) -> Any:
 def assignment_memory(n: int = IMAGENET_TRAIN, dims: Sequence[int] = (128, 2048), k: int = 1000,
                       batch: int = 256, repeats: int = 5, device: str = "cpu") -> list[dict[str, Any]]:
     """Bytes of P and of a cached bank at n images, and the measured cost of regenerating targets."""
-    dev = engine.pick_device(device)
+    dev = builders.pick_device(device)
     sync = synchronizer(dev)
-    default_limit_mb = cfg.NatConfig().cache_targets_mb
+    default_limit_mb = cfg.build().method["cache_targets_mb"]
     rows = []
     for name in natkit.list_components("targets"):
         for dim in dims:
@@ -455,7 +459,7 @@ def switch_speed(device: str, overrides: Sequence[str] = PAPER_STEP_OVERRIDES, s
 
             def block_of_steps(run: engine.Run = run, batches: list[Any] = batches) -> None:
                 for batch in batches:
-                    run.train_step(*batch, False)
+                    run.train_step(*batch)
 
             for i in range(warmup + steps):  # the warm-up absorbs cudnn's search and compilation
                 seconds, _ = timed(block_of_steps, sync)
@@ -474,7 +478,7 @@ def run_speed(quick: bool = False, device: str = "auto") -> dict[str, Any]:
     from benchmarks.candidates import candidate_solvers
 
     started = time.perf_counter()
-    dev = engine.pick_device(device)
+    dev = builders.pick_device(device)
     seconds: dict[str, float] = {}
     if quick:
         solver_args: dict[str, Any] = {"sizes": (16, 32, 64), "repeats": 3, "dim": 64,
@@ -631,7 +635,7 @@ def _memory_lines(rows: list[dict[str, Any]]) -> list[str]:
             "yes" if r["cached_under_default_limit"] else "no",
         ])
     n = rows[0]["n"] if rows else IMAGENET_TRAIN
-    limit = rows[0]["default_limit_mb"] if rows else cfg.NatConfig().cache_targets_mb
+    limit = rows[0]["default_limit_mb"] if rows else cfg.build().method["cache_targets_mb"]
     batch = rows[0]["regen_batch"] if rows else 256
     header = ["targets", "dim", "P (measured)", "cached: P + bank", f"regenerated: P + {batch} targets",
               f"regenerate {batch}", f"per epoch (n / {batch} batches)",

@@ -29,13 +29,13 @@ SCALES: dict[str, tuple[str, ...]] = {
         "backbone.fc=[4096,4096]", "backbone.stem=imagenet", "head.hidden=null",
         "head.dropout=0.5", "targets.dim=2048", "train.batch_size=256", "train.lr=0.01",
         "train.momentum=0.0", "train.weight_decay=0.0", "train.warmup_steps=0",
-        "train.lr_gamma=0.0", "train.epochs=100", "nat.permute_every=3",
+        "train.lr_gamma=0.0", "train.epochs=100", "method.permute_every=3",
         "augment.crop_scale=[0.08,1.0]", "eval.mlp_hidden=4096", "eval.probes=[mlp,linear,knn]",
         "eval.plots=false", "train.num_workers=8",
     ),
 }
 
-SUPERVISED = ("mode=supervised",)
+SUPERVISED = ("method=supervised",)
 
 
 @dataclass(frozen=True)
@@ -88,8 +88,8 @@ _add(Table(
     title="Table 1: softmax vs square loss (supervised)",
     about="Supervised training on the same backbone with the two losses. The paper reports "
           "them on par for ImageNet classification.",
-    settings=(Setting("softmax", (*SUPERVISED, "supervised.loss=softmax"), "on par"),
-              Setting("square", (*SUPERVISED, "supervised.loss=square"), "on par")),
+    settings=(Setting("softmax", (*SUPERVISED, "method.loss=softmax"), "on par"),
+              Setting("square", (*SUPERVISED, "method.loss=square"), "on par")),
     metrics=("classifier", "linear"),
     claims=(Claim("softmax and square loss are on par", "on_par", "softmax", "square",
                   "classifier"),
@@ -149,10 +149,10 @@ _add(Table(
     about="Reassigning targets every 1, 3 or 10 epochs, or never (P fixed at its random start). "
           "The paper finds every 3 epochs best, more frequent slightly worse and a fixed P "
           "clearly worse.",
-    settings=(Setting("every 1", ("nat.permute_every=1",), "slightly worse"),
-              Setting("every 3", ("nat.permute_every=3",), "best"),
-              Setting("every 10", ("nat.permute_every=10",), "-"),
-              Setting("never", ("nat.permute_every=0",), "clearly worse")),
+    settings=(Setting("every 1", ("method.permute_every=1",), "slightly worse"),
+              Setting("every 3", ("method.permute_every=3",), "best"),
+              Setting("every 10", ("method.permute_every=10",), "-"),
+              Setting("never", ("method.permute_every=0",), "clearly worse")),
     metrics=("linear", "knn"),
     claims=(Claim("reassigning every 3 epochs beats a fixed P", "greater", "every 3", "never",
                   "linear"),

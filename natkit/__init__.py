@@ -15,6 +15,7 @@ __all__ = [
     "__version__",
     "create_backbone",
     "create_dataset",
+    "create_method",
     "create_preprocess",
     "create_solver",
     "create_targets",
@@ -22,6 +23,11 @@ __all__ = [
     "hookimpl",
     "list_components",
 ]
+
+
+def create_method(name: str, **kwargs: Any) -> Any:
+    """Build a training method by name, e.g. ``create_method("nat", context=ctx)``."""
+    return registry("method").create(name, **kwargs)
 
 
 def create_backbone(name: str, **kwargs: Any) -> Any:

@@ -12,6 +12,14 @@ from natkit.hookspecs import hookimpl
 
 
 @hookimpl
+def register_methods(register: Any) -> None:
+    from natkit.methods import nat, supervised
+
+    register("nat", nat.NoiseAsTargets)
+    register("supervised", supervised.Supervised)
+
+
+@hookimpl
 def register_backbones(register: Any) -> None:
     from natkit.backbones import alexnet, timm_backbone
 

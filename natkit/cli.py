@@ -20,6 +20,7 @@ from rich.table import Table
 import natkit
 from natkit import config as cfg
 from natkit.errors import NatkitError, UnknownComponentError, did_you_mean
+from natkit.kinds import BY_NAME, BY_WORD, TABLE
 
 app = typer.Typer(
     name="natkit",
@@ -88,6 +89,9 @@ def _option_overrides(overrides: list[str] | None, **options: Any) -> list[str]:
 @app.command()
 @user_errors
 def run(
+    method: Annotated[str | None, typer.Option(help="Training method: nat (default), supervised, "
+                                                    "or a plugin's (natkit list methods).")]
+    = None,
     backbone: Annotated[str | None, typer.Option(help="Backbone, e.g. alexnet or timm:resnet18.")]
     = None,
     targets: Annotated[str | None, typer.Option(help="Target distribution, e.g. sphere or basis.")]
@@ -101,7 +105,6 @@ def run(
     epochs: Annotated[int | None, typer.Option(help="Training epochs (train.epochs).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the whole run.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
-    mode: Annotated[str | None, typer.Option(help="nat (default) or supervised.")] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", "-o",
                                                  help="Run directory [default: runs/<time>].")]
     = None,
@@ -112,7 +115,7 @@ def run(
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval",
                                            help="Evaluate the features after training.")] = True,
 ) -> None:
-    """Train with Noise As Targets (or supervised), then evaluate the learned features.
+    """Train with Noise As Targets (or another method), then evaluate the learned features.
 
     With no options it runs the embedded default: NAT on synthetic shapes with a
     small AlexNet, Sobel input, sphere targets and the Hungarian solver.
@@ -123,18 +126,19 @@ def run(
     mistaken for the new checkpoint's.
     """
     from natkit import engine
+    from natkit.builders import read_run_config
     from natkit.outputs import output_errors
 
-    components = {"backbone": backbone, "targets": targets, "solver": solver,
+    components = {"method": method, "backbone": backbone, "targets": targets, "solver": solver,
                   "preprocess": preprocess, "data": data}
     texts = _option_overrides(overrides, **{"train.epochs": epochs, "seed": seed,
-                                            "device": device, "mode": mode})
+                                            "device": device})
     if resume is not None:
         if out_dir is not None and out_dir != resume:
             raise NatkitError("--out: a resumed run stays in its directory; drop --out")
         changes = None
         if texts or config_file or any(v is not None for v in components.values()):
-            saved = engine.read_run_config(resume)
+            saved = read_run_config(resume)
             changes = cfg.build(config_file, texts, base=saved.to_dict(), **components)
         option = "--resume"
         with output_errors(option, resume):
@@ -148,12 +152,11 @@ def run(
             the_run = engine.start(config, run_dir, console=err)
         err.print(f"run directory [bold]{run_dir}[/]")
     c = the_run.config
+    described = the_run.method.describe()
     err.print(
-        f"{c.mode} on {c.data['name']} ({len(the_run.dataset)} images, "
+        f"{c.method['name']} on {c.data['name']} ({len(the_run.dataset)} images, "
         f"{the_run.dataset.image_size} px) | {c.preprocess['name']} -> {c.backbone['name']}"
-        + (f" | targets {c.targets['name']} (d={c.targets['dim']}) | solver {c.solver['name']}"
-           if c.mode == "nat" else f" | loss {c.supervised.loss}")
-        + f" | {the_run.device}", highlight=False)
+        + (f" | {described}" if described else "") + f" | {the_run.device}", highlight=False)
     evaluating = evaluate and c.eval.enabled
     started = time.perf_counter()
     before = _file_identity(the_run.checkpoint_path)
@@ -175,7 +178,7 @@ def run(
     if evaluating:
         with output_errors(option, the_run.dir):
             results = _evaluate(the_run.dir)["results"]
-    the_run.hook.on_run_end(run=the_run, results=results)
+    the_run.hook.on_run_end(run=the_run.view(), results=results)
     err.print(f"outputs in [bold]{the_run.dir}[/]: config.yaml, metrics.jsonl, checkpoint.pt"
               + (", results.json, eval.json, loss.png, filters.png, neighbours.png"
                  if results is not None else ""))
@@ -246,42 +249,30 @@ def eval_command(
 # ---------------------------------------------------------------- inspection
 
 
-# what `natkit list` accepts -> the registry's kind; plural for the titles
-LIST_KINDS = {
-    "backbones": "backbone", "backbone": "backbone",
-    "targets": "targets", "target": "targets",
-    "solvers": "solver", "solver": "solver",
-    "preprocessors": "preprocess", "preprocessor": "preprocess", "preprocess": "preprocess",
-    "datasets": "dataset", "dataset": "dataset", "data": "dataset",
-}
-PLURALS = {"backbone": "backbones", "targets": "targets", "solver": "solvers",
-           "preprocess": "preprocessors", "dataset": "datasets"}
-
-
 def registry_kind(text: str) -> str:
     """The registry kind of a `natkit list` argument, singular or plural, in any case."""
-    kind = LIST_KINDS.get(text.strip().lower())
+    kind = BY_WORD.get(text.strip().lower())
     if kind is None:
         raise UnknownComponentError(
-            f"unknown kind '{text}'{did_you_mean(text.strip().lower(), LIST_KINDS)}; valid: "
-            f"{', '.join(PLURALS.values())} (or the singular: backbone, target, solver, "
-            "preprocess, dataset)")
-    return kind
+            f"unknown kind '{text}'{did_you_mean(text.strip().lower(), BY_WORD)}; valid: "
+            f"{', '.join(k.plural for k in TABLE)} (or the singular: "
+            f"{', '.join(k.aliases[0] if k.name == k.plural else k.name for k in TABLE)})")
+    return kind.name
 
 
 @app.command("list")
 @user_errors
 def list_command(
     kind: Annotated[str, typer.Argument(
-        help="Which registry to list: backbones, targets, solvers, preprocessors or datasets "
-             "(the singular works too, e.g. solver).")],
+        help="Which registry to list: methods, backbones, targets, solvers, preprocessors or "
+             "datasets (the singular works too, e.g. solver).")],
     pattern: Annotated[str, typer.Argument(help="Glob on the names, e.g. 's*'.")] = "*",
 ) -> None:
     """List the registered components of one kind and the plugin each comes from."""
     from natkit.plugins import registry
 
     name = registry_kind(kind)
-    table = Table(title=f"natkit {PLURALS[name]}")
+    table = Table(title=f"natkit {BY_NAME[name].plural}")
     table.add_column("name", style="bold")
     table.add_column("plugin")
     table.add_column("description")

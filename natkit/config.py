@@ -2,8 +2,8 @@
 
 A config is built in layers: the defaults below, then a YAML file, then
 command-line options, then ``--set key=value`` overrides (dotted keys, values
-parsed as YAML). Component sections (``data``, ``preprocess``, ``backbone``,
-``targets``, ``solver``) hold a ``name`` plus that component's own options,
+parsed as YAML). Component sections (``method``, ``data``, ``preprocess``,
+``backbone``, ``targets``, ``solver``) hold a ``name`` plus that component's own options,
 checked against its factory; their defaults live in the factory's signature.
 When a layer picks a different component ``name``, the options the earlier
 layers gave the old component are dropped, except the options every component
@@ -53,17 +53,20 @@ from natkit.errors import (
     did_you_mean,
     format_choices,
 )
+from natkit.kinds import TABLE
 from natkit.plugins import registry
 from natkit.registry import CONTEXT_PARAMS, SHARED_PARAMS, Bounds, coerce, shown
 
-COMPONENT_SECTIONS = {
-    "data": "dataset",
-    "preprocess": "preprocess",
-    "backbone": "backbone",
-    "targets": "targets",
-    "solver": "solver",
-}
+# config section -> registry kind, from the one table of kinds
+COMPONENT_SECTIONS: dict[str, str] = {kind.section: kind.name for kind in TABLE}
 
+
+# Keys of earlier natkit versions, and what took their place (for a one-line hint).
+REPLACED_KEYS = {
+    "mode": "method.name (mode: supervised is now method: {name: supervised})",
+    "nat": "options of the nat method (nat.permute_every is now method.permute_every)",
+    "supervised": "options of the supervised method (supervised.loss is now method.loss)",
+}
 
 # YAML documents: aliases may add at most this many nodes once expanded; nesting at most this deep.
 ALIAS_EXPANSION_LIMIT = 10_000
@@ -97,27 +100,6 @@ class HeadConfig:
         ge=1)
     dropout: float = option(0.5, "dropout before each hidden fc layer", ge=0.0, lt=1.0)
     batchnorm: bool = option(True, "BatchNorm after each hidden fc layer (the authors' code)")
-
-
-@dataclass
-class NatConfig:
-    """Noise As Targets: how often, and how, targets are reassigned."""
-
-    permute_every: int = option(
-        3, "reassign targets in every batch of each k-th epoch (the paper: 3); 0 keeps P fixed",
-        ge=0)
-    cache_targets_mb: float = option(
-        1024.0, "keep the target bank in memory when it takes at most this many MB; "
-                "larger banks are regenerated per batch from (seed, id)", ge=0.0)
-
-
-@dataclass
-class SupervisedConfig:
-    """Supervised training on the same engine (the paper's Tables 1 and 2)."""
-
-    loss: Literal["softmax", "square"] = option(
-        "softmax", "softmax cross-entropy, or the square loss between L2-normalised outputs "
-                   "and one-hot classes")
 
 
 @dataclass
@@ -196,8 +178,9 @@ class Config:
 
     seed: int = option(0, "seed of the weights, the initial assignment, the targets, the data "
                           "order and the augmentations", ge=0)
-    mode: Literal["nat", "supervised"] = option(
-        "nat", "nat: Noise As Targets; supervised: train on the labels (for the ablations)")
+    method: dict[str, Any] = option(
+        {"name": "nat"}, "training method name and options: nat (Noise As Targets), supervised "
+                         "(the labels, for the ablations), or a plugin's")
     device: str = option("auto", "auto (CUDA when available), cpu, cuda or cuda:N")
     deterministic: bool = option(False, "use only deterministic kernels (bit-exact resumes)")
     data: dict[str, Any] = option({"name": "shapes"}, "dataset name and options")
@@ -208,8 +191,6 @@ class Config:
                                      "target distribution name and options")
     solver: dict[str, Any] = option({"name": "hungarian"}, "assignment solver name and options")
     head: HeadConfig = field(default_factory=HeadConfig)
-    nat: NatConfig = field(default_factory=NatConfig)
-    supervised: SupervisedConfig = field(default_factory=SupervisedConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -230,11 +211,14 @@ def defaults() -> dict[str, Any]:
 def merge(base: dict[str, Any], layer: dict[str, Any], *, rename: bool = True) -> dict[str, Any]:
     """Deep-merge ``layer`` over ``base``.
 
-    With ``rename``, a new component name drops the old component's options,
+    A component section given as a bare string is its name. With ``rename``, a
+    new component name drops the old component's options,
     except the shared ones (``targets.dim``, ``targets.seed``) the new one takes.
     """
     out = copy.deepcopy(base)
     for key, value in layer.items():
+        if key in COMPONENT_SECTIONS and isinstance(value, str):
+            value = {"name": value}  # a bare name: `--set solver=emd` means solver.name=emd
         old = out.get(key)
         if isinstance(old, dict) and isinstance(value, dict):
             renamed = (rename and key in COMPONENT_SECTIONS and "name" in value
@@ -392,6 +376,8 @@ def resolve(data: dict[str, Any]) -> Config:
         raise ConfigError(f"config: expected a mapping, got {type(data).__name__}")
     known = {f.name for f in dataclasses.fields(Config)}
     for key in data:
+        if key in REPLACED_KEYS:
+            raise ConfigError(f"config key '{key}' was replaced by {REPLACED_KEYS[key]}")
         if key not in known:
             raise ConfigError(f"unknown config key '{_echo(key)}'{did_you_mean(str(key), known)}; "
                               f"valid: {format_choices(known)}")

@@ -1,10 +1,12 @@
-"""The training engine: one plain PyTorch loop for NAT and supervised runs.
+"""The training engine: one plain PyTorch loop, whatever the method.
 
 A :class:`Run` owns everything a run's result depends on: the network, the
-optimizer, the assignment state, the step counters and the random generators.
+optimizer, the method's state, the step counters and the random generators.
 All of it goes into one checkpoint, so a resumed run continues exactly where
-the checkpoint left off. The engine asks the registries for components and
-never imports a concrete one.
+the checkpoint left off. The engine keeps the loop, checkpoints, signals and
+hooks; what the network is trained towards is the method's
+(:mod:`natkit.methods`). It asks the registries for components and never
+imports a concrete one.
 """
 
 from __future__ import annotations
@@ -20,14 +22,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from rich.console import Console
 from torch.utils.data import DataLoader
 
 import natkit
 from natkit import config as cfg
-from natkit.assignment import AssignmentState
 from natkit.augment import random_resized_crop
+from natkit.builders import build_method, initial_network, load_dataset, pick_device, read_run_config
 from natkit.checkpoint import (
     CHECKPOINT,
     CONFIG,
@@ -38,83 +39,20 @@ from natkit.checkpoint import (
     read_metrics,
     save_checkpoint,
 )
-from natkit.errors import CheckpointError, ConfigError, DataError, SolverError, TrainingDiverged
-from natkit.model import Network, ProjectionHead
+from natkit.errors import CheckpointError, ConfigError, TrainingDiverged
+from natkit.methods import Batch
 from natkit.plugins import get_host
 from natkit.progress import TrainingProgress
 from natkit.rundir import RunLock, check_new_run_dir
+from natkit.runview import RunView
 from natkit.schedule import learning_rate
 from natkit.seeding import generator, seed_for
-from natkit.solvers import InvalidSolution
 from natkit.transfer import prefetch, to_device
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: the method's state replaces format 1's NAT-only assignment
 # Settings a resumed run may change: they do not alter what is computed.
 RESUMABLE_CHANGES = ("device", "train.epochs", "train.num_workers", "train.log_every",
                      "train.checkpoint_every", "train.channels_last", "train.compile")
-
-
-def pick_device(spec: str) -> torch.device:
-    """Resolve ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` to an available device."""
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ConfigError(f"device: '{spec}' is not a device; expected auto, cpu, cuda or cuda:N") \
-            from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: '{spec}' requested but CUDA is not available here; use cpu")
-    if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device: '{spec}' is not supported; expected auto, cpu, cuda or cuda:N")
-    return device
-
-
-def load_dataset(config: cfg.Config, split: str) -> Any:
-    """One split of the configured dataset."""
-    spec = config.data
-    dataset = natkit.create_dataset(spec["name"], split=split, **cfg.component_options(spec))
-    if len(dataset) == 0:
-        raise DataError(f"data: the '{split}' split of {spec['name']} is empty")
-    return dataset
-
-
-def build_network(config: cfg.Config, dataset: Any, out_features: int) -> Network:
-    """Preprocessor, backbone and head for ``dataset``'s channels and image size."""
-    pre_spec, bb_spec = config.preprocess, config.backbone
-    preprocess = natkit.create_preprocess(pre_spec["name"], in_channels=dataset.channels,
-                                          **cfg.component_options(pre_spec))
-    backbone = natkit.create_backbone(bb_spec["name"], in_chans=preprocess.out_channels,
-                                      image_size=dataset.image_size,
-                                      **cfg.component_options(bb_spec))
-    hidden = config.head.hidden if config.head.hidden is not None else backbone.default_head
-    head = ProjectionHead(backbone.num_features, hidden, out_features,
-                          config.head.dropout, config.head.batchnorm)
-    normalize = config.mode == "nat" or config.supervised.loss == "square"
-    return Network(preprocess, backbone, head, normalize)
-
-
-def output_dim(config: cfg.Config, dataset: Any) -> int:
-    """The head's width: the target dimension, or the number of classes when supervised."""
-    if config.mode == "nat":
-        return int(config.targets["dim"])
-    return dataset.num_classes
-
-
-def initial_network(config: cfg.Config, dataset: Any) -> Network:
-    """The network exactly as a run with this config starts (its random initialisation)."""
-    torch.manual_seed(seed_for(config.seed, "init"))
-    return build_network(config, dataset, output_dim(config, dataset))
-
-
-def read_run_config(run_dir: Path) -> cfg.Config:
-    """The resolved config saved in a run directory."""
-    path = Path(run_dir) / CONFIG
-    if not Path(run_dir).is_dir():
-        raise CheckpointError(f"run directory '{run_dir}' does not exist")
-    if not path.is_file():
-        raise CheckpointError(f"'{run_dir}' is not a natkit run directory (no {CONFIG})")
-    return cfg.resolve(cfg.load_yaml(path))
 
 
 def iterate_batches(dataset: Any, batches: torch.Tensor, num_workers: int,
@@ -138,7 +76,7 @@ def iterate_batches(dataset: Any, batches: torch.Tensor, num_workers: int,
 
 
 class Run:
-    """A training run: its directory, config, network, optimizer and assignment state."""
+    """A training run: its directory, config, network, optimizer and method."""
 
     def __init__(self, config: cfg.Config, run_dir: Path, *, console: Console | None = None,
                  lock: RunLock | None = None) -> None:
@@ -159,15 +97,12 @@ class Run:
             raise ConfigError(f"train.batch_size: {config.train.batch_size} is larger than the "
                               f"{n} training images")
         classes = len(torch.unique(self.dataset.labels[self.dataset.labels >= 0]))
-        if (config.eval.enabled or config.mode == "supervised") and classes < 2:
-            need = "the probes need" if config.eval.enabled else "supervised training needs"
+        if config.eval.enabled and classes < 2:
             raise ConfigError(f"data: the '{config.train.split}' split of {config.data['name']} has "
-                              f"{classes} labelled class(es); {need} at least 2 (add class folders, "
-                              f"or set eval.enabled=false to train without evaluating)")
-        if config.mode == "supervised" and bool((self.dataset.labels < 0).any()):
-            raise ConfigError(f"mode: supervised training needs labels, but split "
-                              f"'{config.train.split}' has unlabeled images")
-        self.model = initial_network(config, self.dataset).to(self.device)
+                              f"{classes} labelled class(es); the probes need at least 2 (add class "
+                              f"folders, or set eval.enabled=false to train without evaluating)")
+        self.method = build_method(config, self.dataset, self.device)
+        self.model = initial_network(config, self.dataset, self.method).to(self.device)
         self.memory_format = (torch.channels_last if config.train.channels_last
                               else torch.contiguous_format)
         self.model.to(memory_format=self.memory_format)
@@ -177,21 +112,14 @@ class Run:
         if config.eval.enabled and config.eval.layer not in taps:  # fail now, not after training
             raise ConfigError(f"eval.layer: '{config.eval.layer}' is not a tap of backbone "
                               f"'{config.backbone['name']}'; valid: {', '.join(taps)}")
+        self.method_modules = self.method.modules()
+        parameters = list(self.model.parameters())
+        if self.method_modules is not None:
+            self.method_modules.to(self.device)
+            parameters += list(self.method_modules.parameters())
         self.optimizer = torch.optim.SGD(
-            self.model.parameters(), lr=config.train.lr, momentum=config.train.momentum,
+            parameters, lr=config.train.lr, momentum=config.train.momentum,
             weight_decay=config.train.weight_decay)
-        self.assignment: AssignmentState | None = None
-        self.solver = None
-        if config.mode == "nat":
-            t_spec, s_spec = config.targets, config.solver
-            t_opts = cfg.component_options(t_spec)
-            if t_opts.get("seed") is None:
-                t_opts["seed"] = seed_for(config.seed, "targets") % 2**31
-            targets = natkit.create_targets(t_spec["name"], **t_opts)
-            self.solver = natkit.create_solver(s_spec["name"], **cfg.component_options(s_spec))
-            self.assignment = AssignmentState(
-                targets, n, generator=generator(config.seed, "assignment"), device=self.device,
-                cache_limit_mb=config.nat.cache_targets_mb)
         self.epoch = 0  # completed epochs
         self.step = 0  # optimizer steps taken
         self.batch_in_epoch = 0  # batches of the current epoch already done
@@ -200,6 +128,7 @@ class Run:
         self.hook = get_host().hook
         self._stop_requested = False
         self._saved_epoch = 0
+        self._view = RunView(self)
 
     # ------------------------------------------------------------ checkpoints
 
@@ -218,7 +147,9 @@ class Run:
             "batch_in_epoch": self.batch_in_epoch,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "assignment": self.assignment.state_dict() if self.assignment else None,
+            "method": self.method.state_dict(),
+            "method_modules": (self.method_modules.state_dict()
+                               if self.method_modules is not None else None),
             "rng": {
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
@@ -231,6 +162,10 @@ class Run:
         bad = first_non_finite(self.model.state_dict())
         if bad is not None:
             raise self._diverged(f"the network ({bad[0]})")
+        if self.method_modules is not None:
+            bad = first_non_finite(self.method_modules.state_dict())
+            if bad is not None:
+                raise self._diverged(f"the method's modules ({bad[0]})")
         save_checkpoint(self.state_dict(), self.checkpoint_path)
 
     def load(self, state: dict[str, Any]) -> None:
@@ -242,10 +177,9 @@ class Run:
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
-            if self.assignment is not None:
-                if state.get("assignment") is None:
-                    raise ValueError("it holds no assignment state (a supervised run?)")
-                self.assignment.load_state_dict(state["assignment"])
+            self.method.load_state_dict(state["method"])
+            if self.method_modules is not None:
+                self.method_modules.load_state_dict(state["method_modules"])
             rng = state["rng"]
             torch.set_rng_state(rng["torch"])
             if self.device.type == "cuda" and rng.get("cuda"):
@@ -281,51 +215,49 @@ class Run:
         order = torch.randperm(n, generator=generator(self.config.seed, f"order/{epoch}"))
         return order[: n - n % b].view(-1, b)
 
-    def reassigns_in(self, epoch: int) -> bool:
-        """Whether targets are reassigned during ``epoch`` (0-based)."""
-        k = self.config.nat.permute_every
-        return self.config.mode == "nat" and k > 0 and epoch % k == 0
-
-    def _loss(self, out: torch.Tensor, indices: torch.Tensor, labels: torch.Tensor,
-              reassign: bool) -> tuple[torch.Tensor, dict[str, Any] | None]:
-        if self.assignment is not None:
-            update = None
-            if reassign:
-                try:
-                    update = self.assignment.reassign(indices, out.detach(), self.solver)
-                except FloatingPointError:
-                    raise self._diverged("the features") from None
-                except InvalidSolution as exc:
-                    b = len(indices)
-                    raise SolverError(f"solver '{self.config.solver['name']}' {exc}; a solver must "
-                                      f"return a permutation of 0..{b - 1} as an integer tensor "
-                                      f"of shape ({b},)") from None
-            targets = self.assignment.targets_of(indices).to(out)
-            loss = (out - targets).pow(2).sum(dim=1).mean()
-            if update is None:
-                return loss, None
-            return loss, {"changed": update.changed, "cost_before": update.cost_before,
-                          "cost_after": update.cost_after}
-        labels = labels.to(out.device, non_blocking=True)
-        if self.config.supervised.loss == "softmax":
-            return F.cross_entropy(out, labels), None
-        one_hot = F.one_hot(labels, out.shape[1]).to(out)
-        return (out - one_hot).pow(2).sum(dim=1).mean(), None
-
     def _diverged(self, what: str) -> TrainingDiverged:
         kept = (f"the last good checkpoint (epoch {self._saved_epoch}) is kept in "
                 f"{self.checkpoint_path}" if self.checkpoint_path.exists() else "no checkpoint yet")
         return TrainingDiverged(f"{what} became NaN or infinite by step {self.step} (epoch "
                                 f"{self.epoch + 1}); {kept}; try a lower train.lr")
 
-    def train_step(self, images: torch.Tensor, indices: torch.Tensor, labels: torch.Tensor,
-                   reassign: bool) -> tuple[torch.Tensor, dict[str, Any] | None]:
-        """Augment, forward, (reassign,) compute the loss and take one SGD step.
+    def view(self) -> RunView:
+        """The run's read-only view for hooks and methods (the same object every time)."""
+        return self._view
 
-        The host never waits for the device here, except for a reassignment's
-        solve: the returned loss stays on the device, and the caller checks it
-        is finite when it reads it (every ``train.log_every`` steps and at the
-        end of each epoch), before any checkpoint is written.
+    def request_stop(self) -> None:
+        """Stop after the current step, saving a checkpoint (what Ctrl-C asks for)."""
+        self._stop_requested = True
+
+    @torch.no_grad()
+    def outputs(self) -> torch.Tensor:
+        """The network's outputs for every training image, in index order (eval mode, no augmentation)."""
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            chunks = [self.model(to_device(self.dataset.get_batch(idx), self.device)
+                                 .contiguous(memory_format=self.memory_format)).float()
+                      for idx in torch.arange(len(self.dataset)).split(self.config.eval.batch_size)]
+        finally:
+            self.model.train(was_training)
+        return torch.cat(chunks)
+
+    def start_epoch(self) -> dict[str, float] | None:
+        """Let the method prepare the current epoch (on start, and again on a resume inside it)."""
+        try:
+            return self.method.start_epoch(self.epoch, self.view())
+        except FloatingPointError:
+            raise self._diverged("the outputs") from None
+
+    def train_step(self, images: torch.Tensor, indices: torch.Tensor,
+                   labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float] | None]:
+        """Augment, forward, let the method compute the loss, and take one SGD step.
+
+        The host never waits for the device here, except for what the method
+        itself reads (NAT's solve when it reassigns): the returned loss stays
+        on the device, and the caller checks it is finite when it reads it
+        (every ``train.log_every`` steps and at the end of each epoch), before
+        any checkpoint is written.
         """
         a = self.config.augment
         x = random_resized_crop(to_device(images, self.device), self.augment_generator,
@@ -334,24 +266,28 @@ class Run:
         amp = self.config.train.amp and self.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
             out = self.forward(x)
-        loss, reassigned = self._loss(out.float(), indices, labels, reassign)
+        batch = Batch(indices=indices, labels=labels, epoch=self.epoch, step=self.step)
+        try:
+            result = self.method.loss(out.float(), batch)
+        except FloatingPointError:
+            raise self._diverged("the features") from None
         lr = self._lr()
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        result.loss.backward()
         self.optimizer.step()
         self.step += 1
-        return loss.detach(), reassigned
+        return result.loss.detach(), result.reassigned
 
-    def _request_stop(self, signum: int, frame: Any) -> None:
-        self._stop_requested = True
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        self.request_stop()
         signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C is immediate
 
     @contextlib.contextmanager
     def _interruptible(self) -> Iterator[None]:
         try:
-            previous = signal.signal(signal.SIGINT, self._request_stop)
+            previous = signal.signal(signal.SIGINT, self._on_sigint)
         except ValueError:  # not the main thread: no signal handling
             yield
             return
@@ -371,7 +307,7 @@ class Run:
 
     def _train(self) -> bool:
         self._saved_epoch = self.epoch if self.checkpoint_path.exists() else 0
-        self.hook.on_run_start(run=self)
+        self.hook.on_run_start(run=self.view())
         total = self.config.train.epochs
         with self._interruptible(), open(self.dir / METRICS, "a") as metrics, \
                 TrainingProgress(self.console, total) as progress:
@@ -386,9 +322,11 @@ class Run:
     def _train_epoch(self, metrics: Any, progress: TrainingProgress) -> bool:
         epoch, t = self.epoch, self.config.train
         batches = self.epoch_batches(epoch)
-        reassign = self.reassigns_in(epoch)
         progress.start_epoch(epoch, len(batches), self.batch_in_epoch)
         sums = {"loss": torch.zeros((), device=self.device), "changed": 0.0, "reassigned": 0}
+        prepared = self.start_epoch()
+        if prepared is not None:
+            self._reassigned(prepared, sums)
         started = window_start = time.perf_counter()
         window_images = 0
         done_here = 0
@@ -396,16 +334,13 @@ class Run:
                                           t.num_workers, generator(self.config.seed, f"loader/{epoch}")),
                           self.device)
         for images, indices, labels in stream:
-            loss, reassigned = self.train_step(images, indices, labels, reassign)
+            loss, reassigned = self.train_step(images, indices, labels)
             self.batch_in_epoch += 1
             done_here += 1
             window_images += len(indices)
             sums["loss"] += loss
             if reassigned is not None:
-                sums["changed"] += reassigned["changed"]
-                sums["reassigned"] += 1
-                self.hook.on_reassign(run=self, metrics={"epoch": epoch, "step": self.step,
-                                                         **reassigned})
+                self._reassigned(reassigned, sums)
             record = None
             if self.step % t.log_every == 0:
                 value = float(loss)  # the step's one host synchronisation, every log_every steps
@@ -418,7 +353,8 @@ class Run:
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
                 window_start, window_images = now, 0
-            self.hook.on_step_end(run=self, metrics=record or {"epoch": epoch, "step": self.step})
+            self.hook.on_step_end(run=self.view(),
+                                  metrics=record or {"epoch": epoch, "step": self.step})
             progress.advance(record["loss"] if record else None, self._lr(),
                              record["images_per_s"] if record else None)
             if self._stop_requested:
@@ -445,8 +381,15 @@ class Run:
         progress.log(f"epoch {self.epoch}/{t.epochs}  loss {summary['loss']:.4f}{changed}  "
                      f"lr {summary['lr']:.4g}  {summary['images_per_s']:,.0f} img/s  "
                      f"{seconds:.1f} s")
-        self.hook.on_epoch_end(run=self, metrics=summary)
+        self.hook.on_epoch_end(run=self.view(), metrics=summary)
         return not self._stop_requested
+
+    def _reassigned(self, stats: dict[str, float], sums: dict[str, Any]) -> None:
+        if "changed" in stats:
+            sums["changed"] += stats["changed"]
+            sums["reassigned"] += 1
+        self.hook.on_reassign(run=self.view(), metrics={"epoch": self.epoch, "step": self.step,
+                                                        **stats})
 
 
 # ---------------------------------------------------------------- starting and resuming

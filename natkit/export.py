@@ -24,8 +24,8 @@ import torch
 
 import natkit
 from natkit import config as cfg
+from natkit.builders import load_dataset, read_run_config
 from natkit.checkpoint import CHECKPOINT, load_checkpoint
-from natkit.engine import load_dataset, read_run_config
 from natkit.errors import CheckpointError
 from natkit.evaluation.checks import require_finite
 from natkit.outputs import check_output_file, output_errors, write_files

@@ -8,18 +8,27 @@ a package ships one by declaring an entry point in the ``natkit`` group::
 
 Every hook is optional. The ``register_*`` hooks receive a ``register``
 callback, ``register(name, factory, *, help=None, prefix=False)``; the
-built-in components use exactly these hooks. The lifecycle hooks receive the
-running :class:`natkit.engine.Run` (read its attributes; do not replace them).
+built-in components (NAT and supervised training included) use exactly these
+hooks. The lifecycle hooks receive a :class:`natkit.runview.RunView`, a
+read-only snapshot of the run taken when the hook fires.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
+if TYPE_CHECKING:
+    from natkit.runview import RunView
+
 hookspec = pluggy.HookspecMarker("natkit")
 hookimpl = pluggy.HookimplMarker("natkit")
+
+
+@hookspec
+def register_methods(register: Any) -> None:
+    """Add training methods: ``factory(*, context: MethodContext, **options) -> Method``."""
 
 
 @hookspec
@@ -48,25 +57,29 @@ def register_datasets(register: Any) -> None:
 
 
 @hookspec
-def on_run_start(run: Any) -> None:
+def on_run_start(run: RunView) -> None:
     """A run is about to train (fresh or resumed); ``run.dir`` exists."""
 
 
 @hookspec
-def on_step_end(run: Any, metrics: dict[str, Any]) -> None:
+def on_step_end(run: RunView, metrics: dict[str, Any]) -> None:
     """An optimizer step finished; ``metrics`` has step, epoch, loss and lr."""
 
 
 @hookspec
-def on_reassign(run: Any, metrics: dict[str, Any]) -> None:
-    """A batch was reassigned; ``metrics`` has step, epoch, ``changed`` and the batch costs."""
+def on_reassign(run: RunView, metrics: dict[str, Any]) -> None:
+    """The method reassigned targets (NAT: in a batch; SeLa: at an epoch's start).
+
+    ``metrics`` has step and epoch, and what the method reports: NAT gives the
+    fraction ``changed`` and the batch's costs before and after.
+    """
 
 
 @hookspec
-def on_epoch_end(run: Any, metrics: dict[str, Any]) -> None:
+def on_epoch_end(run: RunView, metrics: dict[str, Any]) -> None:
     """An epoch finished and its checkpoint is written; ``metrics`` summarises the epoch."""
 
 
 @hookspec
-def on_run_end(run: Any, results: dict[str, Any] | None) -> None:
+def on_run_end(run: RunView, results: dict[str, Any] | None) -> None:
     """Training (and evaluation, when enabled) finished; ``results`` is results.json or None."""

@@ -24,6 +24,7 @@ import pluggy
 
 from natkit import hookspecs
 from natkit.errors import PluginError, UnknownComponentError
+from natkit.kinds import BY_NAME, BY_WORD
 from natkit.registry import KINDS, Registry
 
 ENTRY_POINT_GROUP = "natkit"
@@ -31,13 +32,6 @@ AUTOLOAD_ENV = "NATKIT_DISABLE_PLUGIN_AUTOLOAD"
 DEBUG_ENV = "NATKIT_DEBUG"  # =1: a failing plugin's file and line, and its traceback
 BUILTIN_PLUGIN = "natkit"
 
-_HOOK_FOR_KIND = {
-    "backbone": "register_backbones",
-    "targets": "register_targets",
-    "solver": "register_solvers",
-    "preprocess": "register_preprocessors",
-    "dataset": "register_datasets",
-}
 
 
 class PluginWarning(UserWarning):
@@ -135,13 +129,13 @@ class PluginHost:
         return self._registries[kind]
 
     def registries(self) -> dict[str, Registry]:
-        """All five registries."""
+        """Every kind's registry."""
         return {kind: self.registry(kind) for kind in KINDS}
 
     def _register_kind(self, name: str, reg: Registry) -> None:
         """Add one plugin's components of one kind, all or nothing: a failure adds none."""
         staged = Registry(reg.kind, dict(reg._entries))
-        for impl in getattr(self.pm.hook, _HOOK_FOR_KIND[reg.kind]).get_hookimpls():
+        for impl in getattr(self.pm.hook, BY_NAME[reg.kind].hook).get_hookimpls():
             if impl.plugin_name != name:
                 continue
 
@@ -153,7 +147,7 @@ class PluginHost:
             except Exception as exc:  # never fatal: report the plugin and go on
                 info = self._info.get(name, PluginInfo(name, name, ""))
                 self._fail(name, info.distribution, info.version,
-                           f"failed in its {_HOOK_FOR_KIND[reg.kind]} hook: "
+                           f"failed in its {BY_NAME[reg.kind].hook} hook: "
                            f"{type(exc).__name__}: {exc}{_where(exc)}")
                 return
         reg._entries = staged._entries
@@ -188,13 +182,9 @@ def reset_host(host: PluginHost | None = None) -> PluginHost | None:
     return old
 
 
-KIND_ALIASES = {"backbones": "backbone", "solvers": "solver", "preprocessors": "preprocess",
-                "preprocessor": "preprocess", "datasets": "dataset"}
-
-
 def registry(kind: str) -> Registry:
     """The registry of one component kind (singular or plural: 'solver' or 'solvers')."""
-    kind = KIND_ALIASES.get(kind, kind)
-    if kind not in KINDS:
+    found = BY_WORD.get(kind)
+    if found is None:
         raise UnknownComponentError(f"unknown component kind '{kind}'; valid: {', '.join(KINDS)}")
-    return get_host().registry(kind)
+    return get_host().registry(found.name)

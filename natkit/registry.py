@@ -27,31 +27,13 @@ from natkit.errors import (
     did_you_mean,
     format_choices,
 )
+from natkit.kinds import TABLE
 
-KINDS: tuple[str, ...] = ("backbone", "targets", "solver", "preprocess", "dataset")
-
-# Arguments natkit itself passes when it builds a component for a run; a config
-# file may not set them (they follow from the other components).
-CONTEXT_PARAMS: dict[str, frozenset[str]] = {
-    "backbone": frozenset({"in_chans", "image_size"}),
-    "targets": frozenset(),
-    "solver": frozenset(),
-    "preprocess": frozenset({"in_channels"}),
-    "dataset": frozenset({"split"}),
-}
-
-# Options with the same meaning for every component of a kind. When a config layer
-# switches to another component, these are kept if the new factory declares them
-# (``--targets basis`` keeps the run's ``targets.dim``); other options are dropped.
-SHARED_PARAMS: dict[str, frozenset[str]] = {
-    "targets": frozenset({"dim", "seed"}),
-}
-
-# The config section that holds each kind's name and options (for error messages).
-SECTIONS: dict[str, str] = {
-    "backbone": "backbone", "targets": "targets", "solver": "solver",
-    "preprocess": "preprocess", "dataset": "data",
-}
+# Derived from the one table of kinds (natkit.kinds), for the code that reads them by kind.
+KINDS: tuple[str, ...] = tuple(kind.name for kind in TABLE)
+CONTEXT_PARAMS: dict[str, frozenset[str]] = {kind.name: kind.context for kind in TABLE}
+SHARED_PARAMS: dict[str, frozenset[str]] = {kind.name: kind.shared for kind in TABLE if kind.shared}
+SECTIONS: dict[str, str] = {kind.name: kind.section for kind in TABLE}
 
 # Integers go to torch and numpy, whose integers have 64 bits.
 INT_LIMIT = 2**63 - 1

@@ -1,4 +1,4 @@
-"""Shared fixtures: an isolated plugin host, and small real data on disk."""
+"""natkit's own suite: the fixtures of natkit.testing, with a host of built-ins only."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 @pytest.fixture
-def host():
+def natkit_host():
     """A fresh plugin host (built-ins only) installed as natkit's host for one test."""
     fresh = plugins.PluginHost(autoload=False)
     old = plugins.reset_host(fresh)
@@ -23,24 +23,7 @@ def host():
     plugins.reset_host(old)
 
 
-# A run small enough for a unit test: 64 shapes at 16 px, a narrow AlexNet, 2 epochs.
-TINY = [
-    "data.num_train=64", "data.num_test=40", "data.image_size=16",
-    "backbone.widths=[4,8,8,8,8]", "backbone.fc=[16]", "targets.dim=8",
-    "train.batch_size=16", "train.epochs=2", "train.warmup_steps=2", "train.log_every=2",
-    "eval.linear_iterations=20", "eval.mlp_epochs=3", "eval.mlp_hidden=16", "eval.knn_k=[1,3]",
-    "eval.linear_weight_decay=[0.0001,0.01]", "eval.mlp_weight_decay=[0.001]",
-    # NATKIT_TEST_DEVICE=cuda runs the same tiny runs on a GPU (the device check of benchmarks/gpu.sh)
-    f"device={os.environ.get('NATKIT_TEST_DEVICE', 'cpu')}",
-]
-
-
 @pytest.fixture
-def tiny_config(host):
-    """Build a tiny, resolved config; extra ``key=value`` overrides win."""
-    from natkit import config
-
-    def make(*extra: str) -> config.Config:
-        return config.build(overrides=[*TINY, *extra])
-
-    return make
+def host(natkit_host):
+    """The test's plugin host (built-ins only)."""
+    return natkit_host

@@ -16,7 +16,7 @@ from natkit.checkpoint import load_checkpoint, save_checkpoint
 from natkit.datasets import imagefolder
 from natkit.datasets.imagefolder import ImageReadWarning
 from natkit.errors import CheckpointError, ConfigError, DataError
-from tests.conftest import TINY
+from natkit.testing import TINY
 
 runner = CliRunner()
 FOLDER = ["data.name=imagefolder", "data.image_size=16", "data.test_fraction=0.34"]
@@ -96,7 +96,7 @@ def test_an_honest_checkpoint_passes_the_counter_check(tiny_config, tmp_path):
     engine.start(tiny_config("train.epochs=1"), tmp_path / "run").train()
     run = engine.resume(tmp_path / "run", tiny_config("train.epochs=2"))
     assert (run.epoch, run.step, run.batch_in_epoch) == (1, 4, 0)
-    assert torch.equal(torch.sort(run.assignment.perm).values, torch.arange(64))
+    assert torch.equal(torch.sort(run.method.assignment.perm).values, torch.arange(64))
 
 
 def test_the_cli_refuses_a_one_class_folder_in_one_line(tmp_path):
@@ -115,7 +115,7 @@ def app_cli():
 
 def test_a_stop_after_an_epochs_last_batch_resumes(tiny_config, tmp_path, host):
     """batch_in_epoch == batches per epoch is honest: the epoch's summary was not written yet."""
-    from tests.test_engine import StopAfter, assert_same_state
+    from natkit.testing import StopAfter, assert_same_state
 
     exact = ("deterministic=true", "train.epochs=2")
     engine.start(tiny_config(*exact), tmp_path / "full").train()
@@ -127,5 +127,5 @@ def test_a_stop_after_an_epochs_last_batch_resumes(tiny_config, tmp_path, host):
     assert engine.resume(tmp_path / "part").train()
     full = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
     part = load_checkpoint(tmp_path / "part" / "checkpoint.pt")
-    for key in ("model", "optimizer", "assignment", "step", "epoch"):
+    for key in ("model", "optimizer", "method", "step", "epoch"):
         assert_same_state(part[key], full[key], key)

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from natkit import engine
 from natkit.cli import app
-from tests.conftest import TINY
+from natkit.testing import TINY
 
 runner = CliRunner()
 
@@ -67,8 +67,8 @@ CATALOGUE = {
                   "train.batch_size: expected a value >= 2, got 1"),
     "batch > dataset": (lambda t: ["run", "--out", str(t / "r"), *sets("train.batch_size=65")],
                         "train.batch_size: 65 is larger than the 64 training images"),
-    "permute_every < 0": (lambda t: ["run", *sets("nat.permute_every=-3")],
-                          "nat.permute_every: expected a value >= 0, got -3"),
+    "permute_every < 0": (lambda t: ["run", *sets("method.permute_every=-3")],
+                          "method.permute_every: method 'nat': permute_every must be >= 0, got -3"),
     "basis k > dim": (lambda t: ["run", "--targets", "basis", *sets("targets.k=9")],
                       "k must be between 1 and dim=8, got k=9"),
     "unknown eval layer": (lambda t: ["run", "--out", str(t / "r"), *sets("eval.layer=fc9")],

@@ -10,18 +10,15 @@ import pytest
 from typer.testing import CliRunner
 
 from natkit.cli import app
-from tests.conftest import TINY
+from natkit.testing import TINY, tiny_args
+
+
+def no_alexnet_options(*extra: str) -> list[str]:
+    """The tiny run's --set options without its AlexNet ones, for another backbone."""
+    return [arg for text in [*TINY, *extra] if not text.startswith("backbone.")
+            for arg in ("--set", text)]
 
 runner = CliRunner()
-
-
-def tiny_args(*extra: str, backbone: bool = True) -> list[str]:
-    """--set options for a tiny run; without ``backbone``, the AlexNet options are left out."""
-    args = []
-    for text in [*TINY, *extra]:
-        if backbone or not text.startswith("backbone."):
-            args += ["--set", text]
-    return args
 
 
 @pytest.mark.parametrize("kind, expected", [
@@ -106,8 +103,7 @@ def test_export_of_a_timm_backbone_loads_into_timm_and_torchvision(host, tmp_pat
     run_dir = tmp_path / "run"
     result = runner.invoke(app, ["run", "--out", str(run_dir), "--no-eval", "--backbone",
                                  "timm:resnet18", "--preprocess", "clean",
-                                 *tiny_args("data.image_size=32", "train.epochs=1",
-                                            backbone=False)])
+                                 *no_alexnet_options("data.image_size=32", "train.epochs=1")])
     assert result.exit_code == 0, result.output
     assert runner.invoke(app, ["export", str(run_dir), "-o", str(tmp_path / "r18.pt")]
                          ).exit_code == 0

@@ -23,7 +23,7 @@ from natkit.checkpoint import load_checkpoint, save_checkpoint
 from natkit.cli import app
 from natkit.evaluation import protocol
 from natkit.progress import EvalProgress, Phase
-from tests.test_cli import tiny_args
+from natkit.testing import tiny_args
 
 runner = CliRunner()
 
@@ -229,7 +229,8 @@ def test_list_of_an_unknown_kind_suggests_the_closest(host, kind, suggestion):
         assert f"(did you mean '{suggestion}'?)" in error
     else:
         assert "did you mean" not in error
-    assert "valid: backbones, targets, solvers, preprocessors, datasets" in error
+    assert "valid: methods, backbones, targets, solvers, preprocessors, datasets" in error
+    assert "(or the singular: method, backbone, target, solver, preprocess, dataset)" in error
 
 
 # ---------------------------------------------------------------- 4. stale results

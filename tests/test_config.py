@@ -13,7 +13,8 @@ from natkit.errors import ConfigError, NatkitError
 
 def test_defaults_resolve_with_every_component_option_filled(host):
     c = config.build()
-    assert c.mode == "nat" and c.data["name"] == "shapes"
+    assert c.method == {"name": "nat", "permute_every": 3, "cache_targets_mb": 1024.0}
+    assert c.data["name"] == "shapes"
     assert c.solver == {"name": "hungarian"}
     assert c.targets["dim"] == 32 and "seed" in c.targets
     assert c.backbone["stem"] == "auto"  # the factory's default, written into the config
@@ -38,9 +39,9 @@ def test_a_new_component_name_drops_the_default_options_but_keeps_the_users(host
 
 def test_override_values_are_yaml(host):
     c = config.build(overrides=["eval.knn_k=[3, 7]", "head.hidden=[]", "train.amp=true",
-                                "nat.permute_every=0"])
+                                "method.permute_every=0"])
     assert c.eval.knn_k == [3, 7] and c.head.hidden == [] and c.train.amp is True
-    assert c.nat.permute_every == 0
+    assert c.method["permute_every"] == 0
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -48,7 +49,7 @@ def test_override_values_are_yaml(host):
     (["train.lr=-1"], "train.lr: expected a value > 0.0"),
     (["targets.dim=0"], "dim must be >= 1"),
     (["train.batch_size=1"], "train.batch_size: expected a value >= 2, got 1"),
-    (["nat.permute_every=-1"], "nat.permute_every: expected a value >= 0"),
+    (["method.permute_every=-1"], "method.permute_every: method 'nat': permute_every must be >= 0"),
     (["targets.name=basis", "targets.k=300"], "targets.k: targets 'basis': k must be between 1 and dim=32"),
     (["train.epochs=two"], "train.epochs: expected an integer, got 'two'"),
     (["train.lrr=0.1"], "unknown config key 'train.lrr' (did you mean 'train.lr'?)"),
@@ -56,7 +57,11 @@ def test_override_values_are_yaml(host):
     (["solver.name=hungarain"], "unknown solver 'hungarain' (did you mean 'hungarian'?)"),
     (["solver.tol=1"], "solver.tol: solver 'hungarian' has no option 'tol'"),
     (["backbone.in_chans=3"], "backbone.in_chans: set by natkit"),
-    (["mode=unsupervised"], "mode: expected one of 'nat', 'supervised'"),
+    (["method=unsupervised"],
+     "unknown method 'unsupervised' (did you mean 'supervised'?); valid: nat, supervised"),
+    (["mode=supervised"], "config key 'mode' was replaced by method.name"),
+    (["method.loss=square"], "method.loss: method 'nat' has no option 'loss'"),
+    (["method=supervised", "method.loss=hinge"], "method.loss: expected one of 'softmax', 'square'"),
     (["eval.probes=[svm]"], "eval.probes: expected one of 'linear', 'mlp', 'knn'"),
     (["train.lr"], "--set 'train.lr': expected key=value"),
     (["=3"], "expected key=value"),
@@ -97,7 +102,7 @@ def test_difference_lists_changed_dotted_keys(host):
 
 KEYS = st.sampled_from(["seed", "mode", "train.lr", "train.epochs", "targets.dim", "targets.k",
                         "solver.name", "solver.reg", "data.num_train", "eval.knn_k",
-                        "augment.crop_scale", "nat.permute_every", "head.hidden", "bogus.key",
+                        "augment.crop_scale", "method.permute_every", "head.hidden", "bogus.key",
                         "train", "targets.name", ""])
 VALUES = st.one_of(st.integers(-5, 300), st.floats(allow_nan=True), st.text(max_size=8),
                    st.sampled_from(["[1, 2]", "[", "{a: 1}", "null", "true", "basis", "sinkhorn",

@@ -29,7 +29,7 @@ from natkit import config as cfg
 from natkit.cli import app
 from natkit.plugins import PluginHost
 from natkit.registry import CONTEXT_PARAMS, INT_LIMIT, Bounds, split_annotated
-from tests.conftest import TINY
+from natkit.testing import TINY
 
 runner = CliRunner()
 
@@ -246,7 +246,8 @@ def test_every_config_field_is_in_the_catalogue(host):
     # the walk itself reaches every field: each dataclass field and each factory parameter
     leaves = {f.id for f in FIELDS}
     for name in ("train.lr", "eval.mlp_weight_decay", "head.hidden", "augment.crop_scale",
-                 "nat.cache_targets_mb", "seed", "device", "data[shapes].noise",
+                 "method[nat].cache_targets_mb", "method[supervised].loss", "method[nat].context",
+                 "seed", "device", "data[shapes].noise",
                  "data[shapes].scale", "targets[basis].dim", "targets[sphere].dim",
                  "solver[sinkhorn].reg", "backbone[alexnet].widths", "preprocess[highpass].sigma",
                  "data[imagefolder].root", "backbone[timm:resnet18].in_chans"):

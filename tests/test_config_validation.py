@@ -16,7 +16,7 @@ from natkit import config
 from natkit.cli import app
 from natkit.errors import ConfigError, NatkitError
 from natkit.registry import Bounds, OptionError, coerce
-from tests.conftest import TINY
+from natkit.testing import TINY
 
 runner = CliRunner()
 
@@ -117,7 +117,7 @@ def test_a_timm_option_refused_only_by_the_real_build_fails_before_training(
     ("data.scale=[0.9, 0.5]", "data.scale: expected [low, high] with low <= high"),
     ("train.lr=.nan", "train.lr: expected a finite number, got nan"),
     ("train.lr=.inf", "train.lr: expected a finite number, got inf"),
-    ("nat.cache_targets_mb=.inf", "nat.cache_targets_mb: expected a finite number"),
+    ("method.cache_targets_mb=.inf", "method.cache_targets_mb: expected a finite number"),
     ("eval.knn_temperature=-.inf", "eval.knn_temperature: expected a finite number"),
     ("eval.mlp_weight_decay=[.nan]", "eval.mlp_weight_decay: expected a finite number"),
     ("train.epochs=1000000000000000000000000000000", "train.epochs: expected an integer of at "
@@ -232,14 +232,15 @@ def test_an_alias_bomb_in_a_set_value_is_refused():
     ("train.lr=.5", ("train", "lr"), 0.5),
     ("train.lr=5.", ("train", "lr"), 5.0),
     ("train.weight_decay=2e-4", ("train", "weight_decay"), 0.0002),
-    ("nat.cache_targets_mb=1E3", ("nat", "cache_targets_mb"), 1000.0),
+    ("method.cache_targets_mb=1E3", ("method", "cache_targets_mb"), 1000.0),
     ("train.epochs=1e3", ("train", "epochs"), 1000),
     ("train.epochs=1_000", ("train", "epochs"), 1000),
     ("train.epochs=1.5e3", ("train", "epochs"), 1500),
     ("train.epochs=20.0", ("train", "epochs"), 20),
 ])
 def test_numbers_are_read_as_people_write_them(host, setting, attr, expected):
-    value = getattr(getattr(config.build(overrides=[setting]), attr[0]), attr[1])
+    section = getattr(config.build(overrides=[setting]), attr[0])
+    value = section[attr[1]] if isinstance(section, dict) else getattr(section, attr[1])
     assert value == expected and type(value) is type(expected)
 
 

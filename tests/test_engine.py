@@ -11,23 +11,9 @@ import natkit
 from natkit import engine
 from natkit.checkpoint import load_checkpoint, read_metrics
 from natkit.errors import CheckpointError, ConfigError, TrainingDiverged
+from natkit.methods import Batch
 from natkit.schedule import learning_rate
-
-
-def assert_same_state(a, b, path="state"):
-    """Recursively equal, tensors bit for bit."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and torch.equal(a, b), path
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), path
-        for k in a:
-            assert_same_state(a[k], b[k], f"{path}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), path
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same_state(x, y, f"{path}[{i}]")
-    else:
-        assert a == b, path
+from natkit.testing import EXACT, StopAfter, assert_same_state
 
 
 def test_a_run_writes_config_metrics_and_a_safe_checkpoint(tiny_config, tmp_path):
@@ -36,7 +22,7 @@ def test_a_run_writes_config_metrics_and_a_safe_checkpoint(tiny_config, tmp_path
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")  # weights_only=True inside
     assert state["epoch"] == 2 and state["step"] == 2 * (64 // 16)
     assert state["natkit_version"] == natkit.__version__
-    assert torch.equal(torch.sort(state["assignment"]["perm"]).values, torch.arange(64))
+    assert torch.equal(torch.sort(state["method"]["assignment"]["perm"]).values, torch.arange(64))
     records = read_metrics(tmp_path / "run" / "metrics.jsonl")
     epochs = [r for r in records if r["kind"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [0, 1]
@@ -49,10 +35,12 @@ def test_targets_are_reassigned_before_the_loss_is_taken(tiny_config, tmp_path):
     run = engine.Run(tiny_config(), tmp_path)
     idx = torch.arange(16)
     out = torch.nn.functional.normalize(torch.randn(16, 8), dim=1).to(run.device)
-    old = run.assignment.targets_of(idx).clone()
-    loss, info = run._loss(out, idx, torch.zeros(16, dtype=torch.int64), reassign=True)
-    new = run.assignment.targets_of(idx)
-    assert info["changed"] > 0 and not torch.equal(new, old)
+    old = run.method.assignment.targets_of(idx).clone()
+    run.method.start_epoch(0, run.view())  # epoch 0 reassigns (permute_every = 3)
+    step = run.method.loss(out, Batch(indices=idx, labels=torch.zeros(16, dtype=torch.int64),
+                                      epoch=0, step=0))
+    new, loss = run.method.assignment.targets_of(idx), step.loss
+    assert step.reassigned["changed"] > 0 and not torch.equal(new, old)
     torch.testing.assert_close(loss, (out - new).pow(2).sum(1).mean())
     assert loss < (out - old).pow(2).sum(1).mean()
 
@@ -60,11 +48,11 @@ def test_targets_are_reassigned_before_the_loss_is_taken(tiny_config, tmp_path):
 @pytest.mark.parametrize("every, changes", [(0, [False, False]), (1, [True, True]),
                                             (2, [True, False])])
 def test_permute_every_controls_which_epochs_reassign(tiny_config, tmp_path, every, changes):
-    run = engine.start(tiny_config(f"nat.permute_every={every}"), tmp_path / "run")
-    start = run.assignment.perm.clone()
-    assert [run.reassigns_in(e) for e in range(2)] == changes
+    run = engine.start(tiny_config(f"method.permute_every={every}"), tmp_path / "run")
+    start = run.method.assignment.perm.clone()
+    assert [run.method.reassigns_in(e) for e in range(2)] == changes
     run.train()
-    assert (not torch.equal(run.assignment.perm, start)) == any(changes)
+    assert (not torch.equal(run.method.assignment.perm, start)) == any(changes)
 
 
 def test_schedule_warms_up_holds_then_decays_as_in_the_paper():
@@ -73,11 +61,6 @@ def test_schedule_warms_up_holds_then_decays_as_in_the_paper():
     assert lrs[4:7] == pytest.approx([0.1] * 3)
     assert lrs[7:] == pytest.approx([0.1 / (1 + 0.5 * k) for k in range(3)])
     assert learning_rate(100, 0.1) == 0.1  # gamma 0: constant
-
-
-# Bit-exact resumes are promised with deterministic kernels; on CUDA the fast default lets cuDNN
-# pick its algorithms by benchmark, which may differ from one process (or resume) to the next.
-EXACT = "deterministic=true"
 
 
 def test_resume_at_an_epoch_boundary_equals_an_uninterrupted_run(tiny_config, tmp_path):
@@ -90,18 +73,6 @@ def test_resume_at_an_epoch_boundary_equals_an_uninterrupted_run(tiny_config, tm
     resumed.train()
     assert_same_state(load_checkpoint(tmp_path / "part" / "checkpoint.pt"),
                       load_checkpoint(tmp_path / "full" / "checkpoint.pt"))
-
-
-class StopAfter:
-    """A plugin that asks the run to stop after a given step, as Ctrl-C does."""
-
-    def __init__(self, step):
-        self.step = step
-
-    @natkit.hookimpl
-    def on_step_end(self, run, metrics):
-        if run.step == self.step:
-            run._stop_requested = True
 
 
 def test_an_interrupted_run_saves_mid_epoch_and_resumes_exactly(tiny_config, tmp_path, host):
@@ -148,13 +119,13 @@ class PoisonWeights:
     def on_step_end(self, run, metrics):
         if run.step == self.step:
             with torch.no_grad():
-                for p in run.model.parameters():
+                for p in run.network.parameters():
                     p.fill_(float("nan"))
 
 
 def test_a_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
         tiny_config, tmp_path, host):
-    run = engine.start(tiny_config("train.epochs=3", "nat.permute_every=2"), tmp_path / "run")
+    run = engine.start(tiny_config("train.epochs=3", "method.permute_every=2"), tmp_path / "run")
     host.register(PoisonWeights(step=5), name="poison")
     with pytest.raises(TrainingDiverged, match=r"by step 6 \(epoch 2\).*last good checkpoint "
                                                r"\(epoch 1\)"):
@@ -164,11 +135,11 @@ def test_a_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
 
 
-def test_supervised_mode_trains_on_labels_with_either_loss(tiny_config, tmp_path):
+def test_the_supervised_method_trains_on_labels_with_either_loss(tiny_config, tmp_path):
     for loss in ("softmax", "square"):
-        run = engine.start(tiny_config("mode=supervised", f"supervised.loss={loss}"),
+        run = engine.start(tiny_config("method=supervised", f"method.loss={loss}"),
                            tmp_path / loss)
-        assert run.assignment is None and run.train()
+        assert run.method.classifier and run.method.state_dict() == {} and run.train()
         assert run.model.head[-1].out_features == 10
         assert run.model.normalize == (loss == "square")
 

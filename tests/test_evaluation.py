@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from natkit import engine
+from natkit import builders, engine
 from natkit.evaluation.features import extract_features, recalibrate_batchnorm
 from natkit.evaluation.probes import knn_probe, linear_probe, mlp_probe, standardize
 from natkit.evaluation.protocol import evaluate_run
@@ -23,8 +23,8 @@ def blobs(n=300, d=10, classes=3, spread=0.3, seed=0):
 
 def test_recalibrated_statistics_are_the_true_batch_statistics(tiny_config, tmp_path):
     config = tiny_config()
-    dataset = engine.load_dataset(config, "train")
-    net = engine.initial_network(config, dataset)
+    dataset = builders.load_dataset(config, "train")
+    net = builders.initial_network(config, dataset)
     bn = net.backbone.conv1[1]
     assert torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))  # default stats
     recalibrate_batchnorm(net, dataset, torch.device("cpu"), batch_size=16)
@@ -36,8 +36,8 @@ def test_recalibrated_statistics_are_the_true_batch_statistics(tiny_config, tmp_
 
 def test_features_come_from_the_requested_tap(tiny_config):
     config = tiny_config()
-    dataset = engine.load_dataset(config, "test")
-    net = engine.initial_network(config, dataset)
+    dataset = builders.load_dataset(config, "test")
+    net = builders.initial_network(config, dataset)
     last = extract_features(net, dataset, "last", torch.device("cpu"), 16)
     conv3 = extract_features(net, dataset, "conv3", torch.device("cpu"), 16, tap_pool=2)
     assert last.shape == (40, net.backbone.num_features)
@@ -98,7 +98,7 @@ def test_evaluate_run_writes_results_details_and_plots(tiny_config, tmp_path):
 
 
 def test_evaluate_supervised_reports_the_classifier(tiny_config, tmp_path):
-    run = engine.start(tiny_config("mode=supervised", "eval.probes=[knn]", "eval.plots=false"),
+    run = engine.start(tiny_config("method=supervised", "eval.probes=[knn]", "eval.plots=false"),
                        tmp_path / "run")
     run.train()
     details = evaluate_run(tmp_path / "run")["details"]
@@ -113,7 +113,7 @@ def test_evaluation_is_repeatable(tiny_config, tmp_path):
     assert evaluate_run(tmp_path / "run")["results"] == evaluate_run(tmp_path / "run")["results"]
 
 
-@pytest.mark.parametrize("extra", [(), ("mode=supervised", "eval.probes=[knn,linear]")])
+@pytest.mark.parametrize("extra", [(), ("method=supervised", "eval.probes=[knn,linear]")])
 def test_every_phase_does_exactly_the_work_it_was_planned_with(tiny_config, tmp_path,
                                                               monkeypatch, extra):
     """The remaining-time estimate relies on each phase's planned units being its real work."""
@@ -138,7 +138,8 @@ def test_every_phase_does_exactly_the_work_it_was_planned_with(tiny_config, tmp_
     monkeypatch.setattr(protocol, "EvalProgress", Recording)
     engine.start(tiny_config("train.epochs=1", *extra), tmp_path / "run").train()
     evaluate_run(tmp_path / "run")
-    config = engine.read_run_config(tmp_path / "run")
-    planned = protocol.plan(config, ["trained", "random_init"], 64, 40)
+    config = builders.read_run_config(tmp_path / "run")
+    planned = protocol.plan(config, ["trained", "random_init"], 64, 40,
+                            classifier=config.method["name"] == "supervised")
     assert list(done) == [p.key for p in planned]
     assert all(units == work for units, work in done.values()), done

@@ -91,13 +91,14 @@ def test_every_kind_has_builtins_and_accepts_plural_names(host, kind):
     names = natkit.list_components(kind)
     assert names, kind
     plural = {"backbone": "backbones", "solver": "solvers", "preprocess": "preprocessors",
-              "dataset": "datasets", "targets": "targets"}[kind]
+              "dataset": "datasets", "targets": "targets", "method": "methods"}[kind]
     assert natkit.list_components(plural) == names
 
 
 def test_builtin_names(host):
     assert natkit.list_components("solver") == ["emd", "greedy", "hungarian", "sinkhorn"]
     assert natkit.list_components("targets") == ["basis", "sphere"]
+    assert natkit.list_components("methods") == ["nat", "supervised"]
     assert natkit.list_components("preprocess") == ["clean", "highpass", "sobel"]
     assert natkit.list_components("backbone") == ["alexnet", "timm:<name>"]
     assert natkit.list_components("dataset", "s*") == ["shapes", "stl10"]

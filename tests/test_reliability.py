@@ -18,8 +18,7 @@ from natkit import checkpoint, engine
 from natkit.checkpoint import load_checkpoint, save_checkpoint
 from natkit.cli import app
 from natkit.errors import CheckpointError, OutputError
-from tests.conftest import TINY
-from tests.test_engine import StopAfter, assert_same_state
+from natkit.testing import TINY, StopAfter, assert_same_state
 
 RUN = [*TINY, "train.epochs=3", "train.log_every=1", "deterministic=true", "eval.enabled=false"]
 
@@ -162,7 +161,7 @@ DROPOUT_HEAD = ("head.hidden=[16]", "head.dropout=0.5", "deterministic=true")
 
 
 def _same_training(a: dict, b: dict) -> None:
-    for key in ("model", "optimizer", "assignment", "rng", "step", "epoch"):
+    for key in ("model", "optimizer", "method", "rng", "step", "epoch"):
         assert_same_state(a[key], b[key], key)
 
 

@@ -9,7 +9,7 @@ from natkit import engine
 from natkit.cli import app
 from natkit.errors import ConfigError
 from natkit.rundir import RunLock
-from tests.conftest import TINY
+from natkit.testing import TINY
 
 runner = CliRunner()
 

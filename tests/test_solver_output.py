@@ -10,7 +10,7 @@ import natkit
 from natkit.cli import app
 from natkit.errors import SolverError
 from natkit.solvers import InvalidSolution, is_permutation, solution_problem
-from tests.conftest import TINY
+from natkit.testing import TINY
 
 BAD_ANSWERS = {
     "zeros": lambda cost: torch.zeros(cost.shape[0], dtype=torch.int64),
@@ -58,11 +58,11 @@ def test_a_bad_answer_stops_the_run_with_one_line_naming_the_solver(name, host, 
 def test_p_is_untouched_when_the_answer_is_refused(tiny_config, tmp_path, host):
     host.register(BadSolvers(), name="bad-solvers")
     run = natkit.engine.start(tiny_config("solver.name=zeros"), tmp_path / "run")
-    before = run.assignment.perm.clone()
+    before = run.method.assignment.perm.clone()
     with pytest.raises(SolverError, match="not each of 0..15 once"):
         run.train()
-    assert torch.equal(run.assignment.perm, before)
-    assert is_permutation(run.assignment.perm, len(before))
+    assert torch.equal(run.method.assignment.perm, before)
+    assert is_permutation(run.method.assignment.perm, len(before))
 
 
 def test_solution_problem_names_type_dtype_and_shape_without_reading_values():
@@ -84,8 +84,8 @@ def test_an_integer_answer_of_another_width_or_device_is_accepted(tiny_config, t
     host.register(Int32Reverse(), name="rev32")
     run = natkit.engine.start(tiny_config("solver.name=rev32", "train.epochs=1"), tmp_path / "r")
     assert run.train()
-    assert run.assignment.perm.dtype == torch.int64
-    assert is_permutation(run.assignment.perm, 64)
+    assert run.method.assignment.perm.dtype == torch.int64
+    assert is_permutation(run.method.assignment.perm, 64)
 
 
 def test_invalid_solution_is_a_value_error_for_library_users():

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from natkit import config as cfg
+from natkit.builders import build_method, initial_network, load_dataset, pick_device, read_run_config
 from natkit.checkpoint import (
     CHECKPOINT,
     METRICS,
@@ -29,7 +30,6 @@ from natkit.checkpoint import (
     load_checkpoint,
     read_metrics,
 )
-from natkit.engine import initial_network, load_dataset, pick_device, read_run_config
 from natkit.errors import CheckpointError, ConfigError
 from natkit.evaluation.checks import require_finite
 from natkit.evaluation.features import extract_features, recalibrate_batchnorm
@@ -66,7 +66,7 @@ def _labelled(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Ten
 
 
 def plan(config: cfg.Config, networks: list[str], train_images: int, test_images: int,
-         plots: bool = True) -> list[Phase]:
+         plots: bool = True, classifier: bool = False) -> list[Phase]:
     """The phases of an evaluation, in the order :func:`evaluate` runs them."""
     e = config.eval
     phases = []
@@ -90,7 +90,7 @@ def plan(config: cfg.Config, networks: list[str], train_images: int, test_images
             else:
                 phases.append(Phase(f"knn/{which}", label, "knn", len(e.knn_k) + 1,
                                     "predictions", announce_steps=False))
-    if config.mode == "supervised":
+    if classifier:
         phases.append(Phase("classifier", "classifier accuracy (trained)", "features",
                             test_images, "images", announce_steps=False))
     if e.plots and plots:
@@ -158,18 +158,20 @@ def evaluate(config: cfg.Config, model_state: dict[str, torch.Tensor], *,
     if not bool((train_y >= 0).any()) or not bool((test_y >= 0).any()):
         raise ConfigError(f"eval: dataset '{config.data['name']}' has no labels to evaluate with")
 
-    networks = {"trained": initial_network(config, train_set)}
+    method = build_method(config, train_set, torch.device("cpu"))
+    networks = {"trained": initial_network(config, train_set, method)}
     networks["trained"].load_state_dict(model_state)
     if e.baseline:
-        networks["random_init"] = initial_network(config, train_set)
+        networks["random_init"] = initial_network(config, train_set, method)
     for net in networks.values():
         if e.layer not in net.backbone.tap_names:
             raise ConfigError(f"eval.layer: '{e.layer}' is not a tap of this backbone; valid: "
                               f"{', '.join(net.backbone.tap_names)}")
     phases = plan(config, list(networks), len(train_set), len(test_set),
-                  plots=run_dir is not None)
+                  plots=run_dir is not None, classifier=method.classifier)
     with EvalProgress(console, phases) as progress:
-        out = _evaluate(config, networks, train_set, test_set, device, run_dir, progress)
+        out = _evaluate(config, networks, train_set, test_set, device, run_dir, progress,
+                        classifier=method.classifier)
         seconds = progress.finish()
     console.print(f"evaluated in {format_seconds(seconds)}", highlight=False, soft_wrap=True)
     return out
@@ -177,7 +179,7 @@ def evaluate(config: cfg.Config, model_state: dict[str, torch.Tensor], *,
 
 def _evaluate(config: cfg.Config, networks: dict[str, Any], train_set: Any, test_set: Any,
               device: torch.device, run_dir: Path | None,
-              progress: EvalProgress) -> dict[str, Any]:
+              progress: EvalProgress, classifier: bool) -> dict[str, Any]:
     e = config.eval
     train_y, test_y = train_set.labels, test_set.labels
     features: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -204,7 +206,7 @@ def _evaluate(config: cfg.Config, networks: dict[str, Any], train_set: Any, test
         "probes": {probe: {which: dataclasses.asdict(probes[which][probe]) for which in probes}
                    for probe in e.probes},
     }
-    if config.mode == "supervised":
+    if classifier:  # the outputs are logits over the classes: how well do they classify?
         progress.phase("classifier")
         net = networks["trained"]
         chunks = []

@@ -44,8 +44,8 @@ _sums: weakref.WeakKeyDictionary[Any, _EpochSums] = weakref.WeakKeyDictionary()
 def on_run_start(run: Any) -> None:
     """Start a run's log: keep only the rows of epochs its checkpoint has completed."""
     _sums.pop(run, None)
-    if getattr(run, "assignment", None) is None:
-        return  # a supervised run never reassigns: no file
+    if getattr(run.method, "assignment", None) is None:
+        return  # not NAT's per-batch assignment (supervised, SeLa): no file
     path = run.dir / FILENAME
     # rows of epochs >= run.epoch were written after the checkpoint the run resumes from;
     # the resumed run trains those epochs again and writes them afresh
@@ -55,6 +55,8 @@ def on_run_start(run: Any) -> None:
 @natkit.hookimpl
 def on_reassign(run: Any, metrics: dict[str, Any]) -> None:
     """Add one reassigned batch to its epoch's sums."""
+    if "cost_before" not in metrics:
+        return  # not a batch's assignment (another method's reassignment): not this table's
     sums = _sums.get(run)
     if sums is None or sums.epoch != metrics["epoch"]:
         sums = _sums[run] = _EpochSums(int(metrics["epoch"]))

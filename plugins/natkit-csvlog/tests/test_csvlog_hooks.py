@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from natkit_csvlog import plugin, table
@@ -11,12 +12,12 @@ from natkit_csvlog.table import COLUMNS, FILENAME, read_rows, write_rows
 
 
 class FakeRun:
-    """The attributes of natkit's Run that the hooks read."""
+    """The attributes of natkit's RunView that the hooks read."""
 
     def __init__(self, run_dir: Path, epoch: int = 0, nat: bool = True) -> None:
         self.dir = run_dir
         self.epoch = epoch
-        self.assignment = object() if nat else None
+        self.method = SimpleNamespace(assignment=object() if nat else None)
 
 
 def reassign(run: FakeRun, epoch: int, changed: float, before: float, after: float) -> None:

@@ -31,7 +31,7 @@ def test_a_fresh_natkit_process_finds_the_plugin(natkit_process):
 
 def test_every_epoch_of_a_run_reassigning_every_epoch_gets_a_row(natkit_cli, tiny_sets, tmp_path):
     out = tmp_path / "run"
-    result = natkit_cli("run", "--no-eval", "--out", str(out), *tiny_sets("nat.permute_every=1"))
+    result = natkit_cli("run", "--no-eval", "--out", str(out), *tiny_sets("method.permute_every=1"))
     assert result.exit_code == 0, result.stderr
     rows = read_csv(out / FILENAME)
     assert [row["epoch"] for row in rows] == [0, 1]
@@ -69,7 +69,7 @@ def test_every_epoch_of_a_run_reassigning_every_epoch_gets_a_row(natkit_cli, tin
 def test_only_reassigning_epochs_get_rows(natkit_cli, tiny_sets, tmp_path):
     out = tmp_path / "run"
     result = natkit_cli("run", "--no-eval", "--out", str(out),
-                        *tiny_sets("nat.permute_every=2", "train.epochs=3"))
+                        *tiny_sets("method.permute_every=2", "train.epochs=3"))
     assert result.exit_code == 0, result.stderr
     rows = read_csv(out / FILENAME)
     assert [row["epoch"] for row in rows] == [0, 2]

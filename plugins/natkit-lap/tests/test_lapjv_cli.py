@@ -32,5 +32,5 @@ def test_a_tiny_run_with_the_lapjv_solver_writes_results(natkit_cli, tiny_sets, 
     assert all(0.0 <= probe["trained"] <= 1.0 for probe in results.values())
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     epochs = [r for r in records if r["kind"] == "epoch"]
-    # epoch 0 reassigns (nat.permute_every defaults to 3): lapjv really ran inside training
+    # epoch 0 reassigns (method.permute_every defaults to 3): lapjv really ran inside training
     assert len(epochs) == 2 and 0 < epochs[0]["changed"] <= 1 and epochs[1]["changed"] is None

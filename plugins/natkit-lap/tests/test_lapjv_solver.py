@@ -89,15 +89,15 @@ def test_it_is_a_natkit_solver_marked_exact():
     assert repr(solver) == "LapjvSolver()"
 
 
-def test_the_entry_point_registers_lapjv(host):
+def test_the_entry_point_registers_lapjv(natkit_host):
     assert "lapjv" in natkit.list_components("solvers")
     assert natkit.list_components("solvers", "lap*") == ["lapjv"]
     solver = natkit.create_solver("lapjv")
     assert isinstance(solver, LapjvSolver)
-    entry, _ = host.registries()["solver"].lookup("lapjv")
+    entry, _ = natkit_host.registries()["solver"].lookup("lapjv")
     assert entry.plugin == "natkit-lap"
     assert entry.help == "Exact assignment (Jonker-Volgenant, lap.lapjv)."
-    info = {p.name: p for p in host.plugins()}["natkit-lap"]
+    info = {p.name: p for p in natkit_host.plugins()}["natkit-lap"]
     assert (info.distribution, info.error) == ("natkit-lap", None)
     check_optimal(solver, torch.from_numpy(np.random.default_rng(3).normal(size=(32, 32))))
 

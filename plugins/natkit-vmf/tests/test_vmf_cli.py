@@ -17,12 +17,12 @@ def test_natkit_list_targets_in_a_fresh_process_shows_vmf_from_the_plugin(natkit
 
 def test_a_tiny_run_with_vmf_targets_trains_and_resumes(natkit_cli, tiny_sets, tmp_path):
     out = tmp_path / "run"
-    sets = tiny_sets("targets.k=4", "targets.kappa=20", "nat.permute_every=1")
+    sets = tiny_sets("targets.k=4", "targets.kappa=20", "method.permute_every=1")
     result = natkit_cli("run", "--targets", "vmf", "--no-eval", "--out", str(out), *sets)
     assert result.exit_code == 0, result.stderr
     assert "targets vmf (d=8)" in result.stderr
     state = torch.load(out / "checkpoint.pt", weights_only=True)
-    saved = state["assignment"]["targets"]
+    saved = state["method"]["assignment"]["targets"]
     assert saved["class"] == "VMFTargets"
     assert (saved["dim"], saved["k"], saved["kappa"]) == (8, 4, 20.0)
     epochs = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())

@@ -227,9 +227,9 @@ def test_options_rebuild_the_distribution_and_bad_values_are_refused():
             VMFTargets(**{"dim": 8, **bad})
 
 
-def test_the_entry_point_registers_vmf(host):
+def test_the_entry_point_registers_vmf(natkit_host):
     assert natkit.list_components("targets", "vmf") == ["vmf"]
-    entry, _ = host.registries()["targets"].lookup("vmf")
+    entry, _ = natkit_host.registries()["targets"].lookup("vmf")
     assert entry.plugin == "natkit-vmf"
     assert entry.help == "Balanced mixture of k von Mises-Fisher clusters on the sphere."
     t = natkit.create_targets("vmf", dim=8, kappa=5, seed=1)  # an int kappa, as YAML gives

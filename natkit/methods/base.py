@@ -1,0 +1,131 @@
+"""The Method interface: what an alignment-to-targets objective gives the training loop.
+
+The engine owns the loop, the optimizer, checkpoints and signals; a method owns
+what it pulls the network's outputs towards. NAT, supervised training and any
+plugin's method (SeLa in ``plugins/natkit-sela``) implement the same small
+interface and are registered through the ``register_methods`` hook.
+
+A method is built once per run from a :class:`MethodContext` and its own
+options (checked against its factory's signature, like any component's). The
+engine then:
+
+1. sizes the network's head to :attr:`Method.head_dim` and L2-normalises its
+   outputs when :attr:`Method.normalize` is set;
+2. adds :meth:`Method.modules` (if any) to the optimizer and the checkpoint;
+3. calls :meth:`Method.start_epoch` each time an epoch starts *or resumes*;
+4. calls :meth:`Method.loss` on every batch, then steps the optimizer;
+5. saves :meth:`Method.state_dict` in every checkpoint and restores it with
+   :meth:`Method.load_state_dict`.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+import natkit
+from natkit.seeding import generator, seed_for
+
+if TYPE_CHECKING:
+    from natkit.config import Config
+    from natkit.runview import RunView
+
+
+@dataclass(frozen=True)
+class MethodContext:
+    """What natkit knows when it builds a method for a run: the config and the training data."""
+
+    config: Config
+    num_images: int  # images in the training split; dataset indices are 0..num_images-1
+    labels: torch.Tensor  # int64 [num_images], -1 for an unlabelled image
+    num_classes: int
+    device: torch.device
+
+    def seed_for(self, purpose: str) -> int:
+        """A seed for ``purpose``, a pure function of (run seed, purpose)."""
+        return seed_for(self.config.seed, purpose)
+
+    def generator(self, purpose: str) -> torch.Generator:
+        """A CPU generator seeded for ``purpose``: each source of randomness apart, repeatable."""
+        return generator(self.config.seed, purpose)
+
+    def create_targets(self) -> Any:
+        """The run's configured target distribution (section ``targets``); seeded from the run."""
+        from natkit.config import component_options
+
+        spec = self.config.targets
+        options = component_options(spec)
+        if options.get("seed") is None:
+            options["seed"] = self.seed_for("targets") % 2**31
+        return natkit.create_targets(spec["name"], **options)
+
+    def create_solver(self) -> Any:
+        """The run's configured assignment solver (section ``solver``)."""
+        from natkit.config import component_options
+
+        spec = self.config.solver
+        return natkit.create_solver(spec["name"], **component_options(spec))
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One training batch as a method sees it (the images have gone through the network)."""
+
+    indices: torch.Tensor  # dataset indices (int64, on the host)
+    labels: torch.Tensor  # their labels (int64, on the host; -1 when unlabelled)
+    epoch: int  # 0-based epoch of this batch
+    step: int  # optimizer steps taken before this batch
+
+
+@dataclass
+class StepLoss:
+    """A batch's loss, and what the method reassigned while computing it."""
+
+    loss: torch.Tensor  # a scalar on the device, to be minimised; the engine never waits for it
+    reassigned: dict[str, float] | None = field(default=None)  # e.g. {"changed": 0.12}
+
+
+class Method(abc.ABC):
+    """An objective for the training loop; subclasses set :attr:`head_dim` in ``__init__``."""
+
+    #: width of the network's output (the head's last layer)
+    head_dim: int
+    #: L2-normalise the network's outputs (NAT's targets lie on the unit sphere)
+    normalize: bool = False
+    #: the outputs are logits over the dataset's classes: evaluation reports their accuracy
+    classifier: bool = False
+
+    def modules(self) -> nn.Module | None:
+        """Trainable modules the method adds; they join the optimizer and the checkpoint."""
+        return None
+
+    def start_epoch(self, epoch: int, run: RunView) -> dict[str, float] | None:
+        """Prepare ``epoch`` (0-based); called when it starts and again when a run resumes in it.
+
+        Must depend only on the method's state and ``epoch``, so that a resumed run
+        does what the uninterrupted one did. Returns statistics when it reassigned
+        targets (fired as ``on_reassign``), else None.
+        """
+        return None
+
+    @abc.abstractmethod
+    def loss(self, outputs: torch.Tensor, batch: Batch) -> StepLoss:
+        """The batch's loss given the network's float32 outputs ``[b, head_dim]``."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The method's state for the checkpoint: tensors and plain data."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; raise ValueError when it does not fit this method."""
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state, but the checkpoint holds "
+                             f"{', '.join(sorted(state))}")
+
+    def describe(self) -> str:
+        """One line for the run's banner, e.g. 'targets sphere (d=32) | solver hungarian'."""
+        return ""

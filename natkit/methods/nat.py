@@ -1,0 +1,84 @@
+"""Noise As Targets (Bojanowski & Joulin, 2017): pull each image towards its own noise vector.
+
+Every image holds one target of a fixed random bank (``targets``); in each
+batch of every ``permute_every``-th epoch, the batch's targets are permuted
+among its images by the assignment ``solver`` to fit the current features
+better. The loss is the squared distance between an image's L2-normalised
+output and its target.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import torch
+
+from natkit.assignment import AssignmentState
+from natkit.errors import SolverError
+from natkit.methods.base import Batch, Method, MethodContext, StepLoss
+from natkit.registry import Bounds
+from natkit.runview import RunView
+from natkit.solvers import InvalidSolution
+
+
+class NoiseAsTargets(Method):
+    """Noise As Targets: fixed random targets, reassigned by a solver within each batch."""
+
+    normalize = True
+
+    def __init__(self, *, context: MethodContext,
+                 permute_every: Annotated[int, Bounds(ge=0)] = 3,
+                 cache_targets_mb: Annotated[float, Bounds(ge=0.0)] = 1024.0) -> None:
+        """Noise As Targets (the paper's method; uses the ``targets`` and ``solver`` sections).
+
+        Args:
+            permute_every: reassign targets in every batch of each k-th epoch (the paper: 3);
+                0 keeps the initial random assignment.
+            cache_targets_mb: keep the target bank in memory when it takes at most this many
+                MB; larger banks are regenerated per batch from (seed, id).
+        """
+        self.permute_every = permute_every
+        self.targets = context.create_targets()
+        self.solver = context.create_solver()
+        self.solver_name = context.config.solver["name"]
+        self.assignment = AssignmentState(
+            self.targets, context.num_images, generator=context.generator("assignment"),
+            device=context.device, cache_limit_mb=cache_targets_mb)
+        self.head_dim = self.targets.dim
+        self.reassigning = False
+
+    def reassigns_in(self, epoch: int) -> bool:
+        """Whether targets are reassigned during ``epoch`` (0-based)."""
+        return self.permute_every > 0 and epoch % self.permute_every == 0
+
+    def start_epoch(self, epoch: int, run: RunView) -> None:
+        self.reassigning = self.reassigns_in(epoch)
+
+    def loss(self, outputs: torch.Tensor, batch: Batch) -> StepLoss:
+        update = None
+        if self.reassigning:
+            try:
+                update = self.assignment.reassign(batch.indices, outputs.detach(), self.solver)
+            except InvalidSolution as exc:
+                b = len(batch.indices)
+                raise SolverError(f"solver '{self.solver_name}' {exc}; a solver must return a "
+                                  f"permutation of 0..{b - 1} as an integer tensor of shape "
+                                  f"({b},)") from None
+        targets = self.assignment.targets_of(batch.indices).to(outputs)
+        loss = (outputs - targets).pow(2).sum(dim=1).mean()
+        if update is None:
+            return StepLoss(loss)
+        return StepLoss(loss, {"changed": update.changed, "cost_before": update.cost_before,
+                               "cost_after": update.cost_after})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"assignment": self.assignment.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not isinstance(state, dict) or state.get("assignment") is None:
+            raise ValueError("it holds no assignment state")
+        self.assignment.load_state_dict(state["assignment"])
+
+    def describe(self) -> str:
+        return (f"targets {self.targets.name} (d={self.targets.dim}) | solver {self.solver_name}"
+                f" | reassign every {self.permute_every} epochs")
