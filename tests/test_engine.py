@@ -75,11 +75,14 @@ def test_resume_at_an_epoch_boundary_equals_an_uninterrupted_run(tiny_config, tm
                       load_checkpoint(tmp_path / "full" / "checkpoint.pt"))
 
 
-def test_an_interrupted_run_saves_mid_epoch_and_resumes_exactly(tiny_config, tmp_path, host):
-    full = engine.start(tiny_config(EXACT), tmp_path / "full")
+@pytest.mark.parametrize("method", ["nat", "supervised"])  # every built-in method
+def test_an_interrupted_run_saves_mid_epoch_and_resumes_exactly(tiny_config, tmp_path, host,
+                                                                method):
+    assert natkit.list_components("method") == ["nat", "supervised"]  # a new one joins above
+    full = engine.start(tiny_config(EXACT, f"method={method}"), tmp_path / "full")
     full.train()
     host.register(StopAfter(step=6), name="stopper")
-    part = engine.start(tiny_config(EXACT), tmp_path / "part")
+    part = engine.start(tiny_config(EXACT, f"method={method}"), tmp_path / "part")
     assert part.train() is False
     host.unregister("stopper")
     state = load_checkpoint(tmp_path / "part" / "checkpoint.pt")
