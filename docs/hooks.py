@@ -107,7 +107,8 @@ def config_reference() -> str:
                           getattr(default, g.name), g.metadata.get("help", ""))
                          for g in dataclasses.fields(section)])
     lines += ["## Component sections", "",
-              "`data`, `preprocess`, `backbone`, `targets` and `solver` each hold a `name` and "
+              "`method`, `data`, `preprocess`, `backbone`, `targets` and `solver` each hold a "
+              "`name` and "
               "that component's options; the defaults of the options live in the component's "
               "factory and are written into the run's `config.yaml`. Options that natkit sets "
               "itself (such as a backbone's input channels) are not listed.", ""]
@@ -135,7 +136,9 @@ def config_reference() -> str:
 
 def _args_section(factory: object) -> dict[str, str]:
     """The ``Args:`` section of a Google-style docstring, as {name: text}."""
-    doc = inspect.getdoc(factory) or ""
+    # a class registered as its own factory documents its options on __init__
+    target = factory.__init__ if inspect.isclass(factory) else factory
+    doc = inspect.getdoc(target) or ""
     out: dict[str, str] = {}
     inside, current = False, None
     for line in doc.splitlines():
