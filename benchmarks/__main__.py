@@ -86,6 +86,10 @@ def main(
     try:
         for key in keys:
             table = TABLES[key]
+            missing = table.missing()
+            if missing:
+                typer.echo(f"[{key}] skipped: needs {', '.join(missing)}", err=True)
+                continue
             t0 = time.perf_counter()
             measured = run_table(table, scale, seeds, extra, runs / scale, console)
             seconds = sum(m.seconds for m in measured)

@@ -74,6 +74,15 @@ class Table:
     curve_epochs: tuple[int, ...] = ()  # a curve table probes one run at these epochs, 0 and the last
     figure: bool = False  # the paper has a figure for it: draw one
     base: tuple[str, ...] = field(default=())
+    # components from plugins, as (kind, name, package): without them the table is skipped
+    needs: tuple[tuple[str, str, str], ...] = ()
+
+    def missing(self) -> list[str]:
+        """The needed components that no installed plugin registers, with where they come from."""
+        from natkit.plugins import registry
+
+        return [f"{kind} '{name}' (pip install -e {package})" for kind, name, package in self.needs
+                if name not in registry(kind)]
 
 
 TABLES: dict[str, Table] = {}
@@ -197,4 +206,20 @@ _add(Table(
               Setting("d=32", ("targets.dim=32",)),
               Setting("d=128", ("targets.dim=128",))),
     metrics=("linear", "knn"),
+))
+
+_add(Table(
+    key="methods",
+    title="NAT against SeLa (beyond the paper)",
+    about="Two alignment-to-targets methods on the same network, data and schedule: NAT "
+          "(noise targets on the sphere, reassigned per batch every 3 epochs) and SeLa "
+          "(Asano et al., ICLR 2020: cross-entropy on pseudo-labels, relabelled over the whole "
+          "dataset at the start of every epoch under an equipartition constraint, by "
+          "Sinkhorn-Knopp). SeLa gets as many clusters as NAT has target dimensions (32), so "
+          "both heads have the same width. SeLa comes from the plugin plugins/natkit-sela.",
+    settings=(Setting("nat", ("method=nat",)),
+              Setting("sela", ("method=sela", "method.clusters=32"))),
+    metrics=("linear", "knn"),
+    claims=(Claim("NAT and SeLa give features on par", "on_par", "nat", "sela", "linear"),),
+    needs=(("method", "sela", "plugins/natkit-sela"),),
 ))
