@@ -11,17 +11,22 @@ import torch.nn.functional as F
 
 def random_resized_crop(images: torch.Tensor, generator: torch.Generator,
                         scale: Sequence[float] = (0.5, 1.0),
-                        ratio: Sequence[float] = (3 / 4, 4 / 3), flip: bool = True) -> torch.Tensor:
+                        ratio: Sequence[float] = (3 / 4, 4 / 3), flip: bool = True,
+                        part: tuple[int, int] | None = None) -> torch.Tensor:
     """Crop each image at a random area fraction and aspect ratio, resize back, maybe flip.
 
     The random numbers come from ``generator`` on the CPU, so a batch is
     augmented identically on any device. ``scale`` is a ``[low, high]`` range of
     area fractions in (0, 1], ``ratio`` a ``[low, high]`` range of aspect ratios > 0.
+    ``part=(start, total)`` says these images are rows ``start..`` of a batch of
+    ``total``: the random numbers of the whole batch are drawn and this part's
+    used, so a batch split over ranks is augmented as it is in one process.
     """
     _check_range("scale", scale, upper=1.0)
     _check_range("ratio", ratio)
     n = images.shape[0]
-    u = torch.rand(n, 5, generator=generator, dtype=torch.float64)
+    start, total = part if part is not None else (0, n)
+    u = torch.rand(total, 5, generator=generator, dtype=torch.float64)[start:start + n]
     area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
     log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
     aspect = torch.exp(log_r)

@@ -15,6 +15,7 @@ import torch
 import natkit
 from natkit import config as cfg
 from natkit.checkpoint import CONFIG
+from natkit.distributed import SINGLE, Comm
 from natkit.errors import CheckpointError, ConfigError, DataError
 from natkit.methods import Method, MethodContext
 from natkit.model import Network, ProjectionHead
@@ -47,7 +48,8 @@ def load_dataset(config: cfg.Config, split: str) -> Any:
     return dataset
 
 
-def build_method(config: cfg.Config, dataset: Any, device: torch.device) -> Method:
+def build_method(config: cfg.Config, dataset: Any, device: torch.device,
+                 comm: Comm = SINGLE) -> Method:
     """The configured training method for ``dataset`` (the training split).
 
     It is built under its own seed, outside the global generator, so a method
@@ -56,7 +58,7 @@ def build_method(config: cfg.Config, dataset: Any, device: torch.device) -> Meth
     spec = config.method
     context = MethodContext(config=config, num_images=len(dataset),
                             labels=dataset.labels.to(torch.int64),
-                            num_classes=int(dataset.num_classes), device=device)
+                            num_classes=int(dataset.num_classes), device=device, comm=comm)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed_for(config.seed, "method"))
         method = registry("method").create(spec["name"], context=context,

@@ -6,6 +6,7 @@ run exits with 1, an interrupted one with 130); bugs keep their tracebacks.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
@@ -124,10 +125,13 @@ def run(
     checkpoint are moved aside (results.json to results.stale.json, eval.json to
     eval.stale.json, loss.png to loss.stale.png, ...) so that none of them is
     mistaken for the new checkpoint's.
+
+    Under torchrun (torchrun --nproc_per_node=N -m natkit run ...) the ranks train one
+    run together: train.batch_size stays the global batch, rank 0 writes the run
+    directory and evaluates.
     """
-    from natkit import engine
+    from natkit import distributed
     from natkit.builders import read_run_config
-    from natkit.outputs import output_errors
 
     components = {"method": method, "backbone": backbone, "targets": targets, "solver": solver,
                   "preprocess": preprocess, "data": data}
@@ -136,27 +140,50 @@ def run(
     if resume is not None:
         if out_dir is not None and out_dir != resume:
             raise NatkitError("--out: a resumed run stays in its directory; drop --out")
-        changes = None
-        if texts or config_file or any(v is not None for v in components.values()):
-            saved = read_run_config(resume)
-            changes = cfg.build(config_file, texts, base=saved.to_dict(), **components)
-        option = "--resume"
-        with output_errors(option, resume):
-            the_run = engine.resume(resume, changes, console=err)
-        err.print(f"resuming [bold]{resume}[/] at epoch {the_run.epoch}, step {the_run.step}")
+        saved = read_run_config(resume)
+        config = cfg.build(config_file, texts, base=saved.to_dict(), **components)
     else:
         config = cfg.build(config_file, texts, **components)
-        run_dir = out_dir if out_dir is not None else Path("runs") / time.strftime("%Y%m%d-%H%M%S")
+    comm = distributed.from_environment(config.device)
+    try:
+        # the run records how many processes train it; a checkpoint resumes on any number
+        config = dataclasses.replace(config, world_size=comm.world_size)
+        _train_and_evaluate(config, comm, resume, out_dir, evaluate)
+    finally:
+        distributed.shutdown(comm)
+
+
+def _train_and_evaluate(config: cfg.Config, comm: Any, resume: Path | None,
+                        out_dir: Path | None, evaluate: bool) -> None:
+    """`natkit run` once the config and the process group are known."""
+    from natkit import engine
+    from natkit.outputs import output_errors
+
+    say = err if comm.is_main else Console(stderr=True, quiet=True)
+    if resume is not None:
+        option = "--resume"
+        with output_errors(option, resume):
+            the_run = engine.resume(resume, config, console=say, comm=comm)
+        say.print(f"resuming [bold]{resume}[/] at epoch {the_run.epoch}, step {the_run.step}")
+    else:
+        if out_dir is None:  # one name on every rank: rank 0's clock decides
+            import torch
+
+            now = comm.broadcast(torch.tensor([time.time()], dtype=torch.float64),
+                                 "naming the run directory")
+            out_dir = Path("runs") / time.strftime("%Y%m%d-%H%M%S", time.localtime(float(now)))
+        run_dir = out_dir
         option = "--out"
         with output_errors(option, run_dir):
-            the_run = engine.start(config, run_dir, console=err)
-        err.print(f"run directory [bold]{run_dir}[/]")
+            the_run = engine.start(config, run_dir, console=say, comm=comm)
+        say.print(f"run directory [bold]{run_dir}[/]")
     c = the_run.config
     described = the_run.method.describe()
-    err.print(
+    say.print(
         f"{c.method['name']} on {c.data['name']} ({len(the_run.dataset)} images, "
         f"{the_run.dataset.image_size} px) | {c.preprocess['name']} -> {c.backbone['name']}"
-        + (f" | {described}" if described else "") + f" | {the_run.device}", highlight=False)
+        + (f" | {described}" if described else "") + f" | {the_run.device}"
+        + (f" x {comm.world_size} ranks" if comm.distributed else ""), highlight=False)
     evaluating = evaluate and c.eval.enabled
     started = time.perf_counter()
     before = _file_identity(the_run.checkpoint_path)
@@ -164,16 +191,19 @@ def run(
         with output_errors(option, the_run.dir):
             finished = the_run.train()
     except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, mid-step
-        _say(f"interrupted: training stopped at once; the last checkpoint saved is kept in "
-             f"{the_run.checkpoint_path}; resume with: natkit run --resume {the_run.dir}")
+        if comm.is_main:
+            _say(f"interrupted: training stopped at once; the last checkpoint saved is kept in "
+                 f"{the_run.checkpoint_path}; resume with: natkit run --resume {the_run.dir}")
         raise typer.Exit(130) from None
     finally:
-        if _file_identity(the_run.checkpoint_path) != before:
+        if comm.is_main and _file_identity(the_run.checkpoint_path) != before:
             with output_errors(option, the_run.dir):
                 _retire_stale_evaluation(the_run.dir, evaluating)
     if not finished:
         raise typer.Exit(130)
-    err.print(f"trained in {time.perf_counter() - started:.0f} s")
+    say.print(f"trained in {time.perf_counter() - started:.0f} s")
+    if not comm.is_main:
+        return  # rank 0 alone evaluates (see docs/scaling.md); the others are done
     results = None
     if evaluating:
         with output_errors(option, the_run.dir):

@@ -138,6 +138,10 @@ class TrainConfig:
                "on CUDA, above all with amp)")
     compile: bool = option(False, "torch.compile the network: faster CUDA steps after a one-off "
                                   "compilation")
+    sync_bn: bool | None = option(
+        None, "under torchrun, BatchNorm statistics over the global batch (SyncBatchNorm), as in "
+              "one process; false: per rank; null: on CUDA yes, on the CPU no (PyTorch's "
+              "SyncBatchNorm needs CUDA)")
     checkpoint_every: int = option(1, "write checkpoint.pt every this many epochs", ge=1)
     log_every: int = option(10, "write a metrics.jsonl record every this many steps", ge=1)
 
@@ -182,6 +186,8 @@ class Config:
         {"name": "nat"}, "training method name and options: nat (Noise As Targets), supervised "
                          "(the labels, for the ablations), or a plugin's")
     device: str = option("auto", "auto (CUDA when available), cpu, cuda or cuda:N")
+    world_size: int = option(1, "processes the run trains in: set by natkit from torchrun's "
+                                "environment, recorded here", ge=1)
     deterministic: bool = option(False, "use only deterministic kernels (bit-exact resumes)")
     data: dict[str, Any] = option({"name": "shapes"}, "dataset name and options")
     preprocess: dict[str, Any] = option({"name": "sobel"}, "preprocessor name and options")

@@ -39,6 +39,7 @@ from natkit.checkpoint import (
     read_metrics,
     save_checkpoint,
 )
+from natkit.distributed import SINGLE, Comm, state_fingerprint
 from natkit.errors import CheckpointError, ConfigError, TrainingDiverged
 from natkit.methods import Batch
 from natkit.plugins import get_host
@@ -51,8 +52,9 @@ from natkit.transfer import prefetch, to_device
 
 CHECKPOINT_FORMAT = 2  # 2: the method's state replaces format 1's NAT-only assignment
 # Settings a resumed run may change: they do not alter what is computed.
-RESUMABLE_CHANGES = ("device", "train.epochs", "train.num_workers", "train.log_every",
-                     "train.checkpoint_every", "train.channels_last", "train.compile")
+RESUMABLE_CHANGES = ("device", "world_size", "train.epochs", "train.num_workers",
+                     "train.log_every", "train.checkpoint_every", "train.channels_last",
+                     "train.compile", "train.sync_bn")
 
 
 def iterate_batches(dataset: Any, batches: torch.Tensor, num_workers: int,
@@ -79,12 +81,26 @@ class Run:
     """A training run: its directory, config, network, optimizer and method."""
 
     def __init__(self, config: cfg.Config, run_dir: Path, *, console: Console | None = None,
-                 lock: RunLock | None = None) -> None:
+                 lock: RunLock | None = None, comm: Comm = SINGLE) -> None:
         self.config = config
         self.dir = Path(run_dir)
-        self.lock = lock or RunLock(self.dir)  # held from start/resume to the end of train()
+        self.comm = comm
+        # held by rank 0 (the only writer) from start/resume to the end of train()
+        self.lock = lock or RunLock(self.dir)
         self.console = console or Console(stderr=True)
+        if not comm.is_main:  # one rank speaks for the run
+            self.console = Console(stderr=True, quiet=True)
+        if config.world_size != comm.world_size:
+            raise ConfigError(f"world_size: the config says {config.world_size} but this run has "
+                              f"{comm.world_size} process(es); launch it with torchrun "
+                              f"--nproc_per_node={config.world_size}, or drop world_size")
+        if config.train.batch_size % comm.world_size:
+            raise ConfigError(f"train.batch_size: {config.train.batch_size} is the global batch, "
+                              f"split over {comm.world_size} ranks; it must be a multiple of "
+                              f"{comm.world_size}")
         self.device = pick_device(config.device)
+        if comm.distributed:
+            self.device = comm.device  # each rank on its LOCAL_RANK's GPU, or the CPU
         if config.deterministic:
             os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
             torch.use_deterministic_algorithms(True)
@@ -101,13 +117,27 @@ class Run:
             raise ConfigError(f"data: the '{config.train.split}' split of {config.data['name']} has "
                               f"{classes} labelled class(es); the probes need at least 2 (add class "
                               f"folders, or set eval.enabled=false to train without evaluating)")
-        self.method = build_method(config, self.dataset, self.device)
-        self.model = initial_network(config, self.dataset, self.method).to(self.device)
+        self.method = build_method(config, self.dataset, self.device, comm)
+        self.model = initial_network(config, self.dataset, self.method)
+        sync_bn = config.train.sync_bn
+        if comm.distributed and sync_bn and self.device.type != "cuda":
+            raise ConfigError("train.sync_bn: PyTorch's SyncBatchNorm needs CUDA; on the CPU "
+                              "set it to false or null (BatchNorm statistics per rank)")
+        if comm.distributed and (sync_bn or (sync_bn is None and self.device.type == "cuda")):
+            # same parameters and buffers, so the same checkpoint keys
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
+        self.model.to(self.device)
         self.memory_format = (torch.channels_last if config.train.channels_last
                               else torch.contiguous_format)
         self.model.to(memory_format=self.memory_format)
-        # the compiled callable shares the module's parameters; checkpoints keep plain keys
-        self.forward = torch.compile(self.model) if config.train.compile else self.model
+        # the wrapped and compiled callables share the module's parameters; checkpoints keep
+        # the plain module's keys
+        self.forward: Any = self.model
+        if comm.distributed:  # gradients averaged over the ranks
+            self.forward = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[comm.local_rank] if self.device.type == "cuda" else None)
+        if config.train.compile:
+            self.forward = torch.compile(self.forward)
         taps = self.model.backbone.tap_names
         if config.eval.enabled and config.eval.layer not in taps:  # fail now, not after training
             raise ConfigError(f"eval.layer: '{config.eval.layer}' is not a tap of backbone "
@@ -125,7 +155,7 @@ class Run:
         self.batch_in_epoch = 0  # batches of the current epoch already done
         self.augment_generator = generator(config.seed, "augment")
         torch.manual_seed(seed_for(config.seed, "train"))  # dropout
-        self.hook = get_host().hook
+        self.hook = get_host().hook if comm.is_main else _SILENT  # hooks run where files are written
         self._stop_requested = False
         self._saved_epoch = 0
         self._view = RunView(self)
@@ -166,7 +196,11 @@ class Run:
             bad = first_non_finite(self.method_modules.state_dict())
             if bad is not None:
                 raise self._diverged(f"the method's modules ({bad[0]})")
-        save_checkpoint(self.state_dict(), self.checkpoint_path)
+        state = self.state_dict()
+        self.comm.check_same(state_fingerprint(state["method"]),
+                             "the method's state (NAT: the assignment P) at a checkpoint")
+        if self.comm.is_main:
+            save_checkpoint(state, self.checkpoint_path)
 
     def load(self, state: dict[str, Any]) -> None:
         """Restore a checkpoint's state into this run."""
@@ -232,15 +266,18 @@ class Run:
     @torch.no_grad()
     def outputs(self) -> torch.Tensor:
         """The network's outputs for every training image, in index order (eval mode, no augmentation)."""
+        n, ranks = len(self.dataset), self.comm.world_size
+        share = -(-n // ranks)  # each rank computes one share; the last is padded, then cut
+        mine = torch.arange(self.comm.rank * share, (self.comm.rank + 1) * share).clamp(max=n - 1)
         was_training = self.model.training
         self.model.eval()
         try:
             chunks = [self.model(to_device(self.dataset.get_batch(idx), self.device)
                                  .contiguous(memory_format=self.memory_format)).float()
-                      for idx in torch.arange(len(self.dataset)).split(self.config.eval.batch_size)]
+                      for idx in mine.split(self.config.eval.batch_size)]
         finally:
             self.model.train(was_training)
-        return torch.cat(chunks)
+        return self.comm.all_gather(torch.cat(chunks), "gathering the outputs of every image")[:n]
 
     def start_epoch(self) -> dict[str, float] | None:
         """Let the method prepare the current epoch (on start, and again on a resume inside it)."""
@@ -260,8 +297,10 @@ class Run:
         any checkpoint is written.
         """
         a = self.config.augment
+        b = self.config.train.batch_size
         x = random_resized_crop(to_device(images, self.device), self.augment_generator,
-                                a.crop_scale, a.crop_ratio, a.flip)
+                                a.crop_scale, a.crop_ratio, a.flip,
+                                part=(self.comm.rank * (b // self.comm.world_size), b))
         x = x.contiguous(memory_format=self.memory_format)
         amp = self.config.train.amp and self.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
@@ -291,13 +330,18 @@ class Run:
         except ValueError:  # not the main thread: no signal handling
             yield
             return
+        # SIGTERM too: torchrun forwards it, and schedulers send it before they kill a job
+        previous_term = signal.signal(signal.SIGTERM, self._on_sigint)
         try:
             yield
         finally:
             signal.signal(signal.SIGINT, previous)
+            signal.signal(signal.SIGTERM, previous_term)
 
     def train(self) -> bool:
         """Train to ``train.epochs``; returns False if interrupted (a checkpoint is saved)."""
+        if not self.comm.is_main:
+            return self._train()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.lock.acquire()
         try:
@@ -309,7 +353,9 @@ class Run:
         self._saved_epoch = self.epoch if self.checkpoint_path.exists() else 0
         self.hook.on_run_start(run=self.view())
         total = self.config.train.epochs
-        with self._interruptible(), open(self.dir / METRICS, "a") as metrics, \
+        # only rank 0 writes the run directory
+        metrics_path = self.dir / METRICS if self.comm.is_main else Path(os.devnull)
+        with self._interruptible(), open(metrics_path, "a") as metrics, \
                 TrainingProgress(self.console, total) as progress:
             while self.epoch < total:
                 if not self._train_epoch(metrics, progress):
@@ -320,8 +366,10 @@ class Run:
         return True
 
     def _train_epoch(self, metrics: Any, progress: TrainingProgress) -> bool:
-        epoch, t = self.epoch, self.config.train
-        batches = self.epoch_batches(epoch)
+        epoch, t, comm = self.epoch, self.config.train, self.comm
+        # every rank derives the same global batches and takes its slice of each
+        share = t.batch_size // comm.world_size
+        batches = self.epoch_batches(epoch)[:, comm.rank * share:(comm.rank + 1) * share]
         progress.start_epoch(epoch, len(batches), self.batch_in_epoch)
         sums = {"loss": torch.zeros((), device=self.device), "changed": 0.0, "reassigned": 0}
         prepared = self.start_epoch()
@@ -337,19 +385,21 @@ class Run:
             loss, reassigned = self.train_step(images, indices, labels)
             self.batch_in_epoch += 1
             done_here += 1
-            window_images += len(indices)
+            window_images += t.batch_size
             sums["loss"] += loss
             if reassigned is not None:
                 self._reassigned(reassigned, sums)
             record = None
             if self.step % t.log_every == 0:
-                value = float(loss)  # the step's one host synchronisation, every log_every steps
+                # the step's one host synchronisation, every log_every steps
+                value = float(comm.mean(loss, "averaging the loss over the ranks"))
                 if not math.isfinite(value):
                     raise self._diverged("the loss")
                 now = time.perf_counter()
                 speed = window_images / max(now - window_start, 1e-9)
                 record = {"kind": "step", "epoch": epoch, "step": self.step,
-                          "loss": value, "lr": self._lr(), "images_per_s": speed}
+                          "loss": value, "lr": self._lr(), "images_per_s": speed,
+                          "world_size": comm.world_size}
                 metrics.write(json.dumps(record) + "\n")
                 metrics.flush()
                 window_start, window_images = now, 0
@@ -357,9 +407,9 @@ class Run:
                                   metrics=record or {"epoch": epoch, "step": self.step})
             progress.advance(record["loss"] if record else None, self._lr(),
                              record["images_per_s"] if record else None)
-            if self._stop_requested:
+            if self._agree_to_stop():
                 return False
-        mean_loss = float(sums["loss"]) / max(done_here, 1)
+        mean_loss = float(comm.mean(sums["loss"], "averaging the epoch's loss")) / max(done_here, 1)
         if not math.isfinite(mean_loss):
             raise self._diverged("the loss")
         seconds = time.perf_counter() - started
@@ -371,6 +421,7 @@ class Run:
             "changed": sums["changed"] / sums["reassigned"] if sums["reassigned"] else None,
             "lr": self._lr(), "seconds": seconds,
             "images_per_s": done_here * t.batch_size / max(seconds, 1e-9),
+            "world_size": comm.world_size,
         }
         metrics.write(json.dumps(summary) + "\n")  # before the checkpoint: see _truncate_metrics
         metrics.flush()
@@ -382,7 +433,12 @@ class Run:
                      f"lr {summary['lr']:.4g}  {summary['images_per_s']:,.0f} img/s  "
                      f"{seconds:.1f} s")
         self.hook.on_epoch_end(run=self.view(), metrics=summary)
-        return not self._stop_requested
+        return not self._agree_to_stop()
+
+    def _agree_to_stop(self) -> bool:
+        """Whether any rank was asked to stop: all ranks stop after the same step."""
+        self._stop_requested = self.comm.any(self._stop_requested, "agreeing whether to stop")
+        return self._stop_requested
 
     def _reassigned(self, stats: dict[str, float], sums: dict[str, Any]) -> None:
         if "changed" in stats:
@@ -392,14 +448,33 @@ class Run:
                                                         **stats})
 
 
+class _Silent:
+    """The hook relay of a rank other than 0: every hook is a no-op there."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda **kwargs: None
+
+
+_SILENT = _Silent()
+
+
 # ---------------------------------------------------------------- starting and resuming
 
 
-def start(config: cfg.Config, run_dir: Path, *, console: Console | None = None) -> Run:
-    """Create a run directory (refusing one that already holds a run) and a fresh run."""
+def start(config: cfg.Config, run_dir: Path, *, console: Console | None = None,
+          comm: Comm = SINGLE) -> Run:
+    """Create a run directory (refusing one that already holds a run) and a fresh run.
+
+    Under torchrun every rank checks the directory and builds the run; rank 0 alone
+    writes it.
+    """
     run_dir = Path(run_dir)
     check_new_run_dir(run_dir)
-    run = Run(config, run_dir, console=console)
+    run = Run(config, run_dir, console=console, comm=comm)
+    comm.barrier("checking the run directory")  # before rank 0 writes into it
+    if not comm.is_main:
+        comm.barrier("writing config.yaml")
+        return run
     run_dir.mkdir(parents=True, exist_ok=True)
     run.lock.acquire()
     try:
@@ -409,30 +484,41 @@ def start(config: cfg.Config, run_dir: Path, *, console: Console | None = None) 
         run.lock.release()
         raise
     (run_dir / METRICS).unlink(missing_ok=True)
+    comm.barrier("writing config.yaml")
     return run
 
 
 def resume(run_dir: Path, changes: cfg.Config | None = None, *,
-           console: Console | None = None) -> Run:
-    """Reopen a run from its checkpoint; ``changes`` may alter only RESUMABLE_CHANGES."""
+           console: Console | None = None, comm: Comm = SINGLE) -> Run:
+    """Reopen a run from its checkpoint; ``changes`` may alter only RESUMABLE_CHANGES.
+
+    A checkpoint does not depend on the number of ranks: a run trained under
+    torchrun resumes in one process, or on another number of ranks, and back.
+    """
     run_dir = Path(run_dir)
     saved = read_run_config(run_dir)
     lock = RunLock(run_dir)
-    lock.acquire()  # before anything is truncated or rewritten
+    if comm.is_main:
+        lock.acquire()  # before anything is truncated or rewritten
     try:
-        return _reopen(run_dir, saved, changes, lock, console)
+        run = _reopen(run_dir, saved, changes, lock, console, comm)
     except BaseException:
         lock.release()
         raise
+    comm.barrier("resuming")  # rank 0 has rewritten config.yaml and metrics.jsonl
+    return run
 
 
 def _reopen(run_dir: Path, saved: cfg.Config, changes: cfg.Config | None, lock: RunLock,
-            console: Console | None) -> Run:
-    for stale in run_dir.glob(".*.tmp-*"):  # a write cut short by a kill; the old file is intact
-        stale.unlink()
+            console: Console | None, comm: Comm) -> Run:
+    if comm.is_main:
+        for stale in run_dir.glob(".*.tmp-*"):  # a write cut short by a kill; the old is intact
+            stale.unlink()
     state = load_checkpoint(run_dir / CHECKPOINT) if (run_dir / CHECKPOINT).exists() else None
     if state is not None and state.get("config") is not None:
-        edited = cfg.difference(state["config"], saved.to_dict())
+        # a resume may have changed a resumable setting in config.yaml since the checkpoint
+        edited = [key for key in cfg.difference(state["config"], saved.to_dict())
+                  if key not in RESUMABLE_CHANGES]
         if edited:
             raise CheckpointError(f"'{run_dir / CONFIG}' no longer matches its checkpoint "
                                   f"({edited[0]} differs); restore it or start a new run")
@@ -444,12 +530,13 @@ def _reopen(run_dir: Path, saved: cfg.Config, changes: cfg.Config | None, lock: 
             raise ConfigError(f"--resume: {fixed[0]} differs from the run's config.yaml; a resumed "
                               f"run may only change {', '.join(RESUMABLE_CHANGES)}")
         config = changes
-    run = Run(config, run_dir, console=console, lock=lock)
+    run = Run(config, run_dir, console=console, lock=lock, comm=comm)
     if state is not None:
         run.load(state)
-    _truncate_metrics(run_dir / METRICS, run.step)
-    if changes is not None:
-        atomic_write_text(run_dir / CONFIG, cfg.dump(config))
+    if comm.is_main:
+        _truncate_metrics(run_dir / METRICS, run.step)
+        if changes is not None:
+            atomic_write_text(run_dir / CONFIG, cfg.dump(config))
     return run
 
 

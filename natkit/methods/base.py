@@ -16,6 +16,14 @@ engine then:
 4. calls :meth:`Method.loss` on every batch, then steps the optimizer;
 5. saves :meth:`Method.state_dict` in every checkpoint and restores it with
    :meth:`Method.load_state_dict`.
+
+Under torchrun, each rank calls :meth:`Method.loss` with its slice of the global
+batch, and DistributedDataParallel averages the gradients, so a loss that is a
+mean over the batch means the same on any number of ranks. A method that needs
+the whole batch (NAT's assignment) or the whole dataset gathers it through
+``context.comm``. Its state must stay identical on every rank: the engine
+compares a checksum of :meth:`Method.state_dict` across ranks at every
+checkpoint and stops if they differ.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import torch
 from torch import nn
 
 import natkit
+from natkit.distributed import SINGLE, Comm
 from natkit.seeding import generator, seed_for
 
 if TYPE_CHECKING:
@@ -44,6 +53,8 @@ class MethodContext:
     labels: torch.Tensor  # int64 [num_images], -1 for an unlabelled image
     num_classes: int
     device: torch.device
+    #: the ranks the run trains on (one process: a Comm whose collectives are the identity)
+    comm: Comm = SINGLE
 
     def seed_for(self, purpose: str) -> int:
         """A seed for ``purpose``, a pure function of (run seed, purpose)."""

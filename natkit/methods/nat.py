@@ -5,6 +5,10 @@ batch of every ``permute_every``-th epoch, the batch's targets are permuted
 among its images by the assignment ``solver`` to fit the current features
 better. The loss is the squared distance between an image's L2-normalised
 output and its target.
+
+Under torchrun the assignment problem is still the global batch's: the ranks
+all-gather their features and indices, rank 0 solves the problem once, and
+every rank applies the same permutation to its copy of P.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from typing import Annotated, Any
 
 import torch
 
-from natkit.assignment import AssignmentState
+from natkit.assignment import AssignmentState, Reassignment
 from natkit.errors import SolverError
 from natkit.methods.base import Batch, Method, MethodContext, StepLoss
 from natkit.registry import Bounds
@@ -46,6 +50,7 @@ class NoiseAsTargets(Method):
             device=context.device, cache_limit_mb=cache_targets_mb)
         self.head_dim = self.targets.dim
         self.reassigning = False
+        self.comm = context.comm
 
     def reassigns_in(self, epoch: int) -> bool:
         """Whether targets are reassigned during ``epoch`` (0-based)."""
@@ -57,19 +62,55 @@ class NoiseAsTargets(Method):
     def loss(self, outputs: torch.Tensor, batch: Batch) -> StepLoss:
         update = None
         if self.reassigning:
-            try:
-                update = self.assignment.reassign(batch.indices, outputs.detach(), self.solver)
-            except InvalidSolution as exc:
-                b = len(batch.indices)
-                raise SolverError(f"solver '{self.solver_name}' {exc}; a solver must return a "
-                                  f"permutation of 0..{b - 1} as an integer tensor of shape "
-                                  f"({b},)") from None
+            update = self._reassign(batch.indices, outputs.detach())
         targets = self.assignment.targets_of(batch.indices).to(outputs)
         loss = (outputs - targets).pow(2).sum(dim=1).mean()
         if update is None:
             return StepLoss(loss)
         return StepLoss(loss, {"changed": update.changed, "cost_before": update.cost_before,
                                "cost_after": update.cost_after})
+
+    def _propose(self, indices: torch.Tensor, features: torch.Tensor) -> Reassignment:
+        try:
+            return self.assignment.propose(indices, features, self.solver)
+        except InvalidSolution as exc:
+            b = len(indices)
+            raise SolverError(f"solver '{self.solver_name}' {exc}; a solver must return a "
+                              f"permutation of 0..{b - 1} as an integer tensor of shape "
+                              f"({b},)") from None
+
+    def _reassign(self, indices: torch.Tensor, features: torch.Tensor) -> Reassignment:
+        """Solve the (global) batch's assignment and apply it to P."""
+        comm = self.comm
+        if not comm.distributed:
+            update = self._propose(indices, features)
+            self.assignment.apply(update)
+            return update
+        indices = comm.all_gather(indices, "gathering the batch's indices")
+        features = comm.all_gather(features, "gathering the batch's features")
+        b = len(indices)
+        # rank 0 solves once; [ok, changed, cost_before, cost_after, new ids...] to every rank
+        message = torch.zeros(4 + b, dtype=torch.float64)
+        failure: BaseException | None = None
+        if comm.is_main:
+            try:
+                update = self._propose(indices, features)
+                message[:4] = torch.tensor([1.0, update.changed, update.cost_before,
+                                            update.cost_after], dtype=torch.float64)
+                message[4:] = update.new_ids.cpu().to(torch.float64)
+            except (SolverError, FloatingPointError) as exc:
+                failure = exc
+        message = comm.broadcast(message, "sharing the batch's new assignment")
+        if failure is not None:
+            raise failure
+        if message[0] != 1.0:
+            raise SolverError(f"solver '{self.solver_name}' failed on rank 0 (see its message)")
+        update = Reassignment(indices=indices.to(self.assignment.device),
+                              new_ids=message[4:].to(torch.int64).to(self.assignment.device),
+                              changed=float(message[1]), cost_before=float(message[2]),
+                              cost_after=float(message[3]))
+        self.assignment.apply(update)
+        return update
 
     def state_dict(self) -> dict[str, Any]:
         return {"assignment": self.assignment.state_dict()}
