@@ -1,0 +1,180 @@
+"""Distributed training for real: torchrun with 2 gloo processes on the CPU."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from natkit.checkpoint import load_checkpoint, read_metrics
+from natkit.testing import TINY
+
+# BatchNorm statistics are per rank on the CPU (PyTorch's SyncBatchNorm needs CUDA), so the
+# comparison with one process uses a backbone without BatchNorm: a one-block ViT. Everything
+# else is then the same computation, split over two ranks.
+NO_BATCHNORM = [
+    "backbone.name=timm:vit_tiny_patch16_224", "backbone.patch_size=4", "backbone.depth=1",
+    "backbone.embed_dim=16", "backbone.num_heads=2", "preprocess.name=clean",
+    "method.permute_every=1", "train.log_every=1", "eval.enabled=false", "deterministic=true",
+]
+SMALL = [t for t in TINY if not t.startswith("backbone.")]
+
+# The worker: natkit's CLI, plus a test plugin chosen by NATKIT_TEST_PLUGIN.
+WORKER = textwrap.dedent('''
+    import os, sys
+    import natkit
+    from natkit.cli import main
+    from natkit.plugins import get_host
+
+    class Corrupt:  # changes rank 0's P after the first epoch's checkpoint
+        @natkit.hookimpl
+        def on_epoch_end(self, run, metrics):
+            if metrics["epoch"] == 0:
+                perm = run.method.assignment.perm
+                perm[[0, 1]] = perm[[1, 0]]
+
+    if os.environ.get("PIDS"):  # where the test finds the rank to kill
+        with open(os.path.join(os.environ["PIDS"], os.environ["RANK"]), "w") as f:
+            f.write(str(os.getpid()))
+    if os.environ.get("NATKIT_TEST_PLUGIN") == "corrupt":
+        get_host().register(Corrupt(), name="corrupt")
+    sys.argv = ["natkit", *sys.argv[1:]]
+    main()
+''')
+
+
+def sets(texts: list[str]) -> list[str]:
+    return [arg for text in texts for arg in ("--set", text)]
+
+
+def environment(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE",
+                                                                     "LOCAL_RANK", "MASTER_"))}
+    env.update(OMP_NUM_THREADS="1", NATKIT_DISABLE_PLUGIN_AUTOLOAD="1", COLUMNS="200",
+               NATKIT_DIST_TIMEOUT="60", **extra)
+    return env
+
+
+def torchrun(tmp_path: Path, *args: str, ranks: int = 2, wait: bool = True,
+             **env: str) -> subprocess.CompletedProcess[str] | subprocess.Popen[str]:
+    """``torchrun --standalone --nproc_per_node=RANKS worker.py ARGS`` (the worker is natkit's CLI)."""
+    worker = tmp_path / "worker.py"
+    worker.write_text(WORKER)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={ranks}", str(worker), *args]
+    if not wait:
+        return subprocess.Popen(command, env=environment(**env), text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                start_new_session=True)
+    return subprocess.run(command, env=environment(**env), capture_output=True, text=True,
+                          timeout=300)
+
+
+def natkit(*args: str) -> subprocess.CompletedProcess[str]:
+    """One plain natkit process."""
+    return subprocess.run([sys.executable, "-m", "natkit", *args], env=environment(),
+                          capture_output=True, text=True, timeout=300)
+
+
+def step_losses(run_dir: Path) -> list[float]:
+    return [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "step"]
+
+
+def test_two_ranks_train_what_one_process_trains(tmp_path):
+    """Same global batch: the same losses (to float rounding) and the same assignment P."""
+    config = sets([*SMALL, *NO_BATCHNORM, "train.epochs=1"])
+    two = torchrun(tmp_path, "run", "--out", str(tmp_path / "two"), *config)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = natkit("run", "--out", str(tmp_path / "one"), *config)
+    assert one.returncode == 0, one.stderr[-3000:]
+    # The ranks compute each image's features as one process does, and DDP's average of two
+    # half-batch gradients equals the full batch's up to the order of float additions: the
+    # losses of four steps agree to 1e-5 (relative), far below the changes between steps.
+    losses_two, losses_one = step_losses(tmp_path / "two"), step_losses(tmp_path / "one")
+    assert len(losses_two) == len(losses_one) == 4
+    assert losses_two == pytest.approx(losses_one, rel=1e-5)
+    assert max(abs(a - b) for a, b in itertools.pairwise(losses_one)) > 1e-3
+    p_two = load_checkpoint(tmp_path / "two" / "checkpoint.pt")["method"]["assignment"]["perm"]
+    p_one = load_checkpoint(tmp_path / "one" / "checkpoint.pt")["method"]["assignment"]["perm"]
+    assert torch.equal(p_two, p_one)  # every batch of the epoch was reassigned the same way
+    assert torch.equal(torch.sort(p_two).values, torch.arange(64))
+    saved = yaml.safe_load((tmp_path / "two" / "config.yaml").read_text())
+    assert saved["world_size"] == 2
+    assert {r["world_size"] for r in read_metrics(tmp_path / "two" / "metrics.jsonl")} == {2}
+    files = sorted(p.name for p in (tmp_path / "two").iterdir() if not p.name.startswith("."))
+    assert files == ["checkpoint.pt", "config.yaml", "metrics.jsonl"]  # by rank 0, once
+
+
+def test_a_checkpoint_moves_between_two_ranks_and_one_process(tmp_path):
+    config = sets([*SMALL, "eval.enabled=false", "train.epochs=1"])
+    first = torchrun(tmp_path, "run", "--out", str(tmp_path / "a"), *config)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = natkit("run", "--resume", str(tmp_path / "a"), "--epochs", "2")
+    assert again.returncode == 0, again.stderr[-3000:]
+    state = load_checkpoint(tmp_path / "a" / "checkpoint.pt")
+    assert (state["epoch"], state["step"]) == (2, 8)
+    assert [r["world_size"] for r in read_metrics(tmp_path / "a" / "metrics.jsonl")
+            if r["kind"] == "epoch"] == [2, 1]
+
+    single = natkit("run", "--out", str(tmp_path / "b"), *config)
+    assert single.returncode == 0, single.stderr[-3000:]
+    resumed = torchrun(tmp_path, "run", "--resume", str(tmp_path / "b"), "--epochs", "2")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["epoch"] == 2
+    assert yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())["world_size"] == 2
+
+
+def test_evaluation_under_torchrun_equals_natkit_eval(tmp_path):
+    run = torchrun(tmp_path, "run", "--out", str(tmp_path / "run"),
+                   *sets([*SMALL, "train.epochs=1", "eval.plots=false"]))
+    assert run.returncode == 0, run.stderr[-3000:]
+    written = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert set(written) == {"linear", "mlp", "knn"}
+    again = natkit("eval", str(tmp_path / "run"))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "run" / "results.json").read_text()) == written
+
+
+def test_ranks_that_disagree_on_p_stop_at_the_next_checkpoint(tmp_path):
+    result = torchrun(tmp_path, "run", "--out", str(tmp_path / "run"),
+                      *sets([*SMALL, "eval.enabled=false", "train.epochs=2"]),
+                      NATKIT_TEST_PLUGIN="corrupt")
+    assert result.returncode != 0
+    assert "rank 1 differs from rank 0" in result.stderr
+    assert "assignment P" in result.stderr
+    assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 1  # the good one
+
+
+def test_a_killed_rank_stops_the_run_within_a_bounded_time(tmp_path):
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    run_dir = tmp_path / "run"
+    process = torchrun(tmp_path, "run", "--out", str(run_dir),
+                       *sets([*SMALL, "eval.enabled=false", "train.epochs=500"]),
+                       wait=False, PIDS=str(pids))
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "checkpoint.pt").exists():  # training is under way
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.2)
+        os.kill(int((pids / "1").read_text()), signal.SIGKILL)
+        killed = time.monotonic()
+        _, stderr = process.communicate(timeout=90)
+        assert time.monotonic() - killed < 60
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode != 0
+    assert "rank      : 1" in stderr and "Signal 9" in stderr  # torchrun names the dead rank
+    assert load_checkpoint(run_dir / "checkpoint.pt")["epoch"] >= 1  # the last good one stays
