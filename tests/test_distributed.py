@@ -178,3 +178,26 @@ def test_a_killed_rank_stops_the_run_within_a_bounded_time(tmp_path):
     assert process.returncode != 0
     assert "rank      : 1" in stderr and "Signal 9" in stderr  # torchrun names the dead rank
     assert load_checkpoint(run_dir / "checkpoint.pt")["epoch"] >= 1  # the last good one stays
+
+
+def test_sigterm_saves_one_checkpoint_that_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    process = torchrun(tmp_path, "run", "--out", str(run_dir),
+                       *sets([*SMALL, "eval.enabled=false", "train.epochs=500"]), wait=False)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "checkpoint.pt").exists():
+            assert process.poll() is None, process.communicate()[1][-3000:]
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)  # torchrun forwards it to every rank
+        _, stderr = process.communicate(timeout=90)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert "interrupted: checkpoint saved at step" in stderr
+    state = load_checkpoint(run_dir / "checkpoint.pt")
+    assert state["step"] == state["epoch"] * 4 + state["batch_in_epoch"]
+    resumed = natkit("run", "--resume", str(run_dir), "--epochs", str(state["epoch"] + 1))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert load_checkpoint(run_dir / "checkpoint.pt")["epoch"] == state["epoch"] + 1
