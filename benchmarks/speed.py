@@ -510,11 +510,19 @@ def run_speed(quick: bool = False, device: str = "auto") -> dict[str, Any]:
         t0 = time.perf_counter()
         switches = switch_speed(str(dev))
         seconds["switches"] = time.perf_counter() - t0
+    spread = None
+    # fresh processes under torchrun (its own smoke test keeps it from rotting); one GPU per rank
+    if not quick and (dev.type == "cpu" or torch.cuda.device_count() >= 2):
+        from benchmarks.distributed import distributed_speed
+
+        t0 = time.perf_counter()
+        spread = distributed_speed(overrides=(f"device={dev.type}",))
+        seconds["distributed"] = time.perf_counter() - t0
     seconds["total"] = time.perf_counter() - started
     settings = {"solver_speed": solver_args, "step_speed": step_args, "assignment_memory": memory_args}
     return {"machine": machine(), "quick": quick, "settings": _plain(settings),
             "solvers": solvers, "step": steps[0], "steps": steps, "memory": memory,
-            "switches": switches, "seconds": seconds}
+            "switches": switches, "distributed": spread, "seconds": seconds}
 
 
 def _plain(value: Any) -> Any:
@@ -681,6 +689,10 @@ def speed_markdown(results: dict[str, Any]) -> str:
                   "already on the device; median per step over blocks of 5 steps. Each switch is "
                   "a train.* option (amp, channels_last, compile).", "",
                   *_table(["switches", "median ms", "IQR ms", "images/s", "speed-up"], body), ""]
+    if results.get("distributed"):
+        from benchmarks.distributed import distributed_markdown
+
+        lines += [distributed_markdown(results["distributed"])]
     lines += ["#### What was measured", "", _statement(results), ""]
     return "\n".join(lines)
 

@@ -5,7 +5,8 @@ Markers in the Markdown sources are replaced when the site is built:
 ``<!-- config-reference -->`` (every config key with its default and meaning, and
 every registered component's options), ``<!-- benchmark-results -->``
 (benchmarks/RESULTS.md, whose figures are copied into the site) and
-``<!-- gpu-results -->`` (the speed suite's tables measured on lent GPUs).
+``<!-- gpu-results -->`` (the speed suite's tables measured on lent GPUs) and
+``<!-- distributed-results -->`` (torchrun ranks against one process).
 """
 
 from __future__ import annotations
@@ -189,6 +190,13 @@ def gpu_results() -> str:
     return "\n".join(parts) or "No GPU measurements yet: run `bash benchmarks/gpu.sh` on one."
 
 
+def distributed_results() -> str:
+    """The distributed row of the speed suite, as last measured (benchmarks/results/*/distributed.md)."""
+    parts = [md.read_text().replace("#### ", "### ", 1)
+             for md in sorted(GPU_RESULTS.glob("*/distributed.md"))]
+    return "\n".join(parts) or "Not measured yet: run `python -m benchmarks.distributed`."
+
+
 _MATH = re.compile(r"(```.*?```|`[^`\n]*`)|\\\[(.+?)\\\]|\\\((.+?)\\\)", re.S)
 
 
@@ -213,7 +221,8 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
     for marker, make in (("<!-- cli-reference -->", cli_reference),
                          ("<!-- config-reference -->", config_reference),
                          ("<!-- benchmark-results -->", benchmark_results),
-                         ("<!-- gpu-results -->", gpu_results)):
+                         ("<!-- gpu-results -->", gpu_results),
+                         ("<!-- distributed-results -->", distributed_results)):
         if marker in markdown:
             markdown = markdown.replace(marker, make())
     return markdown

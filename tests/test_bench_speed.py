@@ -145,3 +145,17 @@ def test_the_figure_is_written(quick, tmp_path):
     speed.plot_solver_speed(quick, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert path.stat().st_size > 10_000
+
+
+def test_the_distributed_row_times_two_ranks_against_one_process():
+    from benchmarks.distributed import distributed_markdown, distributed_speed
+
+    tiny = ("data.num_train=64", "data.image_size=16", "backbone.widths=[4,8,8,8,8]",
+            "targets.dim=8", "train.batch_size=16", "device=cpu")
+    result = distributed_speed(2, tiny, steps=2, warmup=0)
+    one, two = result["settings"]
+    assert (one["ranks"], two["ranks"]) == (1, 2) and one["batch_size"] == two["batch_size"] == 16
+    assert one["gather_share"] == 0.0 < two["gather_share"] < 1.0  # one process gathers nothing
+    assert 0.0 < two["solve_share"] < 1.0
+    assert result["ratios"]["fixed"] == two["median_s"]["fixed"] / one["median_s"]["fixed"]
+    assert f"| 2 | {two['threads']} | cpu |" in distributed_markdown(result)

@@ -17,7 +17,7 @@ import torch
 import yaml
 
 from natkit.checkpoint import load_checkpoint, read_metrics
-from natkit.testing import TINY
+from natkit.testing import TINY, assert_same_state
 
 # BatchNorm statistics are per rank on the CPU (PyTorch's SyncBatchNorm needs CUDA), so the
 # comparison with one process uses a backbone without BatchNorm: a one-block ViT. Everything
@@ -46,8 +46,17 @@ WORKER = textwrap.dedent('''
     if os.environ.get("PIDS"):  # where the test finds the rank to kill
         with open(os.path.join(os.environ["PIDS"], os.environ["RANK"]), "w") as f:
             f.write(str(os.getpid()))
-    if os.environ.get("NATKIT_TEST_PLUGIN") == "corrupt":
+    class Stop:  # asks rank 0 to stop after step 6, as Ctrl-C would; the ranks agree
+        @natkit.hookimpl
+        def on_step_end(self, run, metrics):
+            if run.step == 6:
+                run.request_stop()
+
+    plugin = os.environ.get("NATKIT_TEST_PLUGIN")
+    if plugin == "corrupt":
         get_host().register(Corrupt(), name="corrupt")
+    if plugin == "stop":
+        get_host().register(Stop(), name="stop")
     sys.argv = ["natkit", *sys.argv[1:]]
     main()
 ''')
@@ -132,6 +141,21 @@ def test_a_checkpoint_moves_between_two_ranks_and_one_process(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert load_checkpoint(tmp_path / "b" / "checkpoint.pt")["epoch"] == 2
     assert yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())["world_size"] == 2
+
+
+def test_two_ranks_stopped_mid_epoch_resume_bit_exactly(tmp_path):
+    config = sets([*SMALL, "eval.enabled=false", "train.epochs=2", "deterministic=true"])
+    full = torchrun(tmp_path, "run", "--out", str(tmp_path / "full"), *config)
+    assert full.returncode == 0, full.stderr[-3000:]
+    part = torchrun(tmp_path, "run", "--out", str(tmp_path / "part"), *config,
+                    NATKIT_TEST_PLUGIN="stop")
+    assert "interrupted: checkpoint saved at step 6" in part.stderr, part.stderr[-3000:]
+    state = load_checkpoint(tmp_path / "part" / "checkpoint.pt")
+    assert (state["epoch"], state["batch_in_epoch"]) == (1, 2)
+    resumed = torchrun(tmp_path, "run", "--resume", str(tmp_path / "part"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert_same_state(load_checkpoint(tmp_path / "part" / "checkpoint.pt"),
+                      load_checkpoint(tmp_path / "full" / "checkpoint.pt"))
 
 
 def test_evaluation_under_torchrun_equals_natkit_eval(tmp_path):
