@@ -156,7 +156,7 @@ def run(
 def _train_and_evaluate(config: cfg.Config, comm: Any, resume: Path | None,
                         out_dir: Path | None, evaluate: bool) -> None:
     """`natkit run` once the config and the process group are known."""
-    from natkit import engine
+    from natkit import distributed, engine
     from natkit.outputs import output_errors
 
     say = err if comm.is_main else Console(stderr=True, quiet=True)
@@ -202,8 +202,12 @@ def _train_and_evaluate(config: cfg.Config, comm: Any, resume: Path | None,
     if not finished:
         raise typer.Exit(130)
     say.print(f"trained in {time.perf_counter() - started:.0f} s")
+    # every rank leaves the process group together (gloo aborts a rank that leaves while a
+    # peer still sends); rank 0 alone then evaluates, in one process (see docs/scaling.md)
+    comm.barrier("finishing training")
+    distributed.shutdown(comm)
     if not comm.is_main:
-        return  # rank 0 alone evaluates (see docs/scaling.md); the others are done
+        return
     results = None
     if evaluating:
         with output_errors(option, the_run.dir):
