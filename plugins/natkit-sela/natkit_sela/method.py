@@ -1,0 +1,99 @@
+"""SeLa as a natkit method: cross-entropy on pseudo-labels, relabelled over the whole dataset.
+
+Every image holds one of K pseudo-labels. Training is plain cross-entropy
+between the network's K outputs and the labels. At the start of every
+``relabel_every``-th epoch the labels of all images are recomputed from the
+network's outputs under the constraint that the K clusters stay equally large
+(:func:`natkit_sela.balanced.balanced_labels`), which is what keeps the network
+from putting every image in one cluster.
+
+Written against natkit's public API only: the Method interface, the run's
+RunView (whose ``outputs()`` gives the outputs of every image) and the ``basis``
+targets of natkit's own registry for the initial labels.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import torch
+import torch.nn.functional as F
+
+import natkit
+from natkit.methods import Batch, Method, MethodContext, StepLoss
+from natkit.registry import Bounds, OptionError
+from natkit.runview import RunView
+from natkit_sela.balanced import balanced_labels
+
+
+class SelfLabelling(Method):
+    """SeLa: cross-entropy on balanced pseudo-labels, relabelled by Sinkhorn-Knopp."""
+
+    def __init__(self, *, context: MethodContext,
+                 clusters: Annotated[int, Bounds(ge=2)] = 10,
+                 relabel_every: Annotated[int, Bounds(ge=0)] = 1,
+                 lam: Annotated[float, Bounds(gt=0.0)] = 25.0,
+                 iterations: Annotated[int, Bounds(ge=1)] = 100) -> None:
+        """Self-labelling with balanced pseudo-labels (SeLa; Asano et al., ICLR 2020).
+
+        Args:
+            clusters: K, the number of pseudo-labels (SeLa's ImageNet runs: 3000); also the
+                width of the network's output.
+            relabel_every: relabel the whole dataset at the start of every k-th epoch, epoch 0
+                included (as SeLa's first label step, from the random network); 0 keeps the
+                initial random balanced labels.
+            lam: SeLa's lambda, the sharpness of the label step (its entropic regularisation
+                is 1 / lam).
+            iterations: the most Sinkhorn-Knopp iterations of one label step.
+        """
+        if clusters > context.num_images:
+            raise OptionError("clusters", f"clusters must be at most the {context.num_images} "
+                                          f"training images, got {clusters}")
+        self.head_dim = clusters
+        self.relabel_every = relabel_every
+        self.lam = lam
+        self.iterations = iterations
+        self.num_images = context.num_images
+        self.device = context.device
+        # random and exactly balanced: natkit's basis targets give image i the one-hot
+        # e_(id mod K) of its target id, and the ids are a random permutation
+        basis = natkit.create_targets("basis", dim=clusters)
+        ids = torch.randperm(context.num_images, generator=context.generator("sela/labels"))
+        self.labels = basis(ids).argmax(dim=1).to(self.device)
+        self.labelled_epoch = -1  # the epoch whose start last relabelled the dataset
+
+    def relabels_in(self, epoch: int) -> bool:
+        """Whether the dataset is relabelled at the start of ``epoch`` (0-based)."""
+        return self.relabel_every > 0 and epoch % self.relabel_every == 0
+
+    def start_epoch(self, epoch: int, run: RunView) -> dict[str, float] | None:
+        # a run resumed inside an epoch it had already relabelled must not relabel again
+        if not self.relabels_in(epoch) or self.labelled_epoch == epoch:
+            return None
+        new = balanced_labels(run.outputs(), self.lam, self.iterations).to(self.device)
+        sizes = torch.bincount(new, minlength=self.head_dim)
+        stats = torch.stack([(new != self.labels).double().mean(), sizes.min().double(),
+                             sizes.max().double()]).tolist()
+        self.labels, self.labelled_epoch = new, epoch
+        return {"changed": stats[0], "smallest_cluster": stats[1], "largest_cluster": stats[2]}
+
+    def loss(self, outputs: torch.Tensor, batch: Batch) -> StepLoss:
+        labels = self.labels[batch.indices.to(self.device)].to(outputs.device, non_blocking=True)
+        return StepLoss(F.cross_entropy(outputs, labels))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"labels": self.labels.cpu(), "labelled_epoch": self.labelled_epoch}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        labels = state.get("labels") if isinstance(state, dict) else None
+        if (not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64
+                or labels.shape != (self.num_images,)):
+            raise ValueError(f"its SeLa labels are not {self.num_images} int64 values")
+        if len(labels) and not (int(labels.min()) >= 0 and int(labels.max()) < self.head_dim):
+            raise ValueError(f"its SeLa labels are not all in 0..{self.head_dim - 1}")
+        self.labels = labels.to(self.device)
+        self.labelled_epoch = int(state["labelled_epoch"])
+
+    def describe(self) -> str:
+        return (f"{self.head_dim} clusters | relabel every {self.relabel_every} epochs | "
+                f"lambda {self.lam:g}")

@@ -1,0 +1,100 @@
+"""natkit-sela: balanced labels, the command line, and bit-exact resumes (natkit.testing fixtures)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from natkit_sela.balanced import balanced_labels
+
+from natkit import engine
+from natkit.checkpoint import load_checkpoint, read_metrics
+from natkit.testing import EXACT, StopAfter, assert_same_state
+
+SELA = ("method=sela", "method.clusters=4", "train.epochs=3")
+
+
+def sizes(labels: torch.Tensor, k: int) -> torch.Tensor:
+    return torch.bincount(labels, minlength=k)
+
+
+@pytest.mark.parametrize("skew", [0.0, 6.0])
+def test_the_label_step_balances_the_clusters(skew):
+    logits = torch.randn(600, 6, generator=torch.Generator().manual_seed(0))
+    logits[:, 0] += skew  # with 6.0, the argmax alone puts every image in cluster 0
+    if skew:
+        assert sizes(logits.argmax(1), 6)[0] == 600
+    counts = sizes(balanced_labels(logits), 6)
+    assert counts.sum() == 600 and counts.min() >= 95 and counts.max() <= 105  # 100 each
+
+
+def test_the_label_step_follows_the_logits_within_the_balance():
+    # 4 well separated groups of 25 images: the balanced labels are the groups themselves
+    groups = torch.arange(100) // 25
+    logits = 8.0 * torch.nn.functional.one_hot(groups, 4).double()
+    labels = balanced_labels(logits)
+    assert torch.equal(labels, groups)
+
+
+def test_the_plugin_is_listed_as_a_method(natkit_cli):
+    result = natkit_cli("list", "methods")
+    assert result.exit_code == 0, result.stderr
+    for name, plugin in (("nat", "natkit "), ("supervised", "natkit "), ("sela", "natkit-sela")):
+        rows = [line for line in result.stdout.splitlines() if f" {name} " in line]
+        assert len(rows) == 1 and plugin in rows[0], result.stdout
+
+
+def test_natkit_run_method_sela_trains_and_evaluates(natkit_process, tiny_sets, tmp_path):
+    out = tmp_path / "run"
+    result = natkit_process("run", "--method", "sela", "--out", str(out),
+                            *tiny_sets(*SELA[1:], "eval.plots=false"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "sela on shapes" in result.stderr and "4 clusters" in result.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"linear", "mlp", "knn"}
+    assert all(set(accs) == {"trained", "random_init"} for accs in results.values())
+    labels = load_checkpoint(out / "checkpoint.pt")["method"]["labels"]
+    counts = sizes(labels, 4)
+    assert counts.min() >= 12 and counts.max() <= 20  # 64 images, 16 a cluster
+    epochs = [r for r in read_metrics(out / "metrics.jsonl") if r["kind"] == "epoch"]
+    assert all(r["changed"] is not None for r in epochs)  # relabelled at every epoch's start
+
+
+def test_the_labels_stay_balanced_through_training(natkit_run):
+    run = natkit_run(*SELA, "method.clusters=8", "train.epochs=4", "eval.enabled=false")
+    assert run.method.labelled_epoch == 3
+    counts = sizes(run.method.labels.cpu(), 8)
+    assert counts.min() >= 5 and counts.max() <= 11  # 64 images, 8 a cluster
+
+
+@pytest.mark.parametrize("stop", ["mid-epoch", "epoch boundary"])
+def test_a_stopped_run_resumes_bit_exactly(natkit_host, tiny_config, tmp_path, stop):
+    config = (*SELA, "eval.enabled=false", EXACT)
+    engine.start(tiny_config(*config), tmp_path / "full").train()
+    if stop == "mid-epoch":
+        natkit_host.register(StopAfter(step=6), name="stopper")  # epoch 1, after batch 2
+        part = engine.start(tiny_config(*config), tmp_path / "part")
+        assert part.train() is False
+        natkit_host.unregister("stopper")
+    else:  # stopped after epoch 1: epoch 2 relabels from the resumed network
+        engine.start(tiny_config(*config, "train.epochs=1"), tmp_path / "part").train()
+    resumed = engine.resume(tmp_path / "part", tiny_config(*config))
+    assert resumed.train()
+    assert_same_state(load_checkpoint(tmp_path / "part" / "checkpoint.pt"),
+                      load_checkpoint(tmp_path / "full" / "checkpoint.pt"))
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("method.clusters=1", "method.clusters: method 'sela': clusters must be >= 2, got 1"),
+    ("method.clusters=100", "method.clusters: method 'sela': clusters must be at most the 64 "
+                            "training images, got 100"),
+    ("method.lam=0", "method.lam: method 'sela': lam must be > 0.0, got 0"),
+    ("method.permute_every=3", "method.permute_every: method 'sela' has no option"),
+])
+def test_bad_options_cost_one_line_and_exit_2(natkit_cli, tiny_sets, tmp_path, setting, message):
+    result = natkit_cli("run", "--method", "sela", "--out", str(tmp_path / "run"),
+                        *tiny_sets(setting))
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
