@@ -86,6 +86,16 @@ class Comm:
         self._call(what, dist.all_reduce, buffer, dist.ReduceOp.SUM)
         return (buffer / self.world_size).reshape(()).to(value.device)
 
+    def average_gradients(self, module: torch.nn.Module, what: str) -> None:
+        """Replace each parameter's gradient by its mean over the ranks (what DDP does)."""
+        if not self.distributed:
+            return
+        for p in module.parameters():
+            if p.grad is not None:
+                buffer = p.grad.detach().to(self.device)
+                self._call(what, dist.all_reduce, buffer, dist.ReduceOp.SUM)
+                p.grad.copy_(buffer.to(p.grad.device) / self.world_size)
+
     def any(self, flag: bool, what: str) -> bool:
         """Whether ``flag`` is set on any rank (every rank gets the same answer)."""
         if not self.distributed:

@@ -118,26 +118,9 @@ class Run:
                               f"{classes} labelled class(es); the probes need at least 2 (add class "
                               f"folders, or set eval.enabled=false to train without evaluating)")
         self.method = build_method(config, self.dataset, self.device, comm)
-        self.model = initial_network(config, self.dataset, self.method)
-        sync_bn = config.train.sync_bn
-        if comm.distributed and sync_bn and self.device.type != "cuda":
-            raise ConfigError("train.sync_bn: PyTorch's SyncBatchNorm needs CUDA; on the CPU "
-                              "set it to false or null (BatchNorm statistics per rank)")
-        if comm.distributed and (sync_bn or (sync_bn is None and self.device.type == "cuda")):
-            # same parameters and buffers, so the same checkpoint keys
-            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
-        self.model.to(self.device)
         self.memory_format = (torch.channels_last if config.train.channels_last
                               else torch.contiguous_format)
-        self.model.to(memory_format=self.memory_format)
-        # the wrapped and compiled callables share the module's parameters; checkpoints keep
-        # the plain module's keys
-        self.forward: Any = self.model
-        if comm.distributed:  # gradients averaged over the ranks
-            self.forward = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[comm.local_rank] if self.device.type == "cuda" else None)
-        if config.train.compile:
-            self.forward = torch.compile(self.forward)
+        self.model, self.forward = self._network()
         taps = self.model.backbone.tap_names
         if config.eval.enabled and config.eval.layer not in taps:  # fail now, not after training
             raise ConfigError(f"eval.layer: '{config.eval.layer}' is not a tap of backbone "
@@ -159,6 +142,28 @@ class Run:
         self._stop_requested = False
         self._saved_epoch = 0
         self._view = RunView(self)
+
+    def _network(self) -> tuple[torch.nn.Module, Any]:
+        """The network on its device, and the callable that trains it (DDP, compiled)."""
+        config, comm = self.config, self.comm
+        model = initial_network(config, self.dataset, self.method)
+        sync_bn = config.train.sync_bn
+        if comm.distributed and sync_bn and self.device.type != "cuda":
+            raise ConfigError("train.sync_bn: PyTorch's SyncBatchNorm needs CUDA; on the CPU "
+                              "set it to false or null (BatchNorm statistics per rank)")
+        if comm.distributed and (sync_bn or (sync_bn is None and self.device.type == "cuda")):
+            # same parameters and buffers, so the same checkpoint keys
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        model.to(self.device).to(memory_format=self.memory_format)
+        # the wrapped and compiled callables share the module's parameters; checkpoints keep
+        # the plain module's keys
+        forward: Any = model
+        if comm.distributed:  # gradients averaged over the ranks
+            forward = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=[comm.local_rank] if self.device.type == "cuda" else None)
+        if config.train.compile:
+            forward = torch.compile(forward)
+        return model, forward
 
     # ------------------------------------------------------------ checkpoints
 
@@ -197,8 +202,8 @@ class Run:
             if bad is not None:
                 raise self._diverged(f"the method's modules ({bad[0]})")
         state = self.state_dict()
-        self.comm.check_same(state_fingerprint(state["method"]),
-                             "the method's state (NAT: the assignment P) at a checkpoint")
+        self.comm.check_same(state_fingerprint([state["method"], state["method_modules"]]),
+                             "the method's state (NAT: the assignment P; its modules) at a checkpoint")
         if self.comm.is_main:
             save_checkpoint(state, self.checkpoint_path)
 
@@ -315,6 +320,8 @@ class Run:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
         result.loss.backward()
+        if self.method_modules is not None:  # outside DDP: average their gradients here
+            self.comm.average_gradients(self.method_modules, "averaging the method's gradients")
         self.optimizer.step()
         self.step += 1
         return result.loss.detach(), result.reassigned

@@ -32,7 +32,9 @@ SMALL = [t for t in TINY if not t.startswith("backbone.")]
 # The worker: natkit's CLI, plus a test plugin chosen by NATKIT_TEST_PLUGIN.
 WORKER = textwrap.dedent('''
     import os, sys
+    import torch
     import natkit
+    import natkit.methods
     from natkit.cli import main
     from natkit.plugins import get_host
 
@@ -52,6 +54,25 @@ WORKER = textwrap.dedent('''
             if run.step == 6:
                 run.request_stop()
 
+    class Scaled(natkit.methods.Method):  # NAT-free: a learned scale, outside the network
+        def __init__(self, *, context):
+            self.head_dim = 8
+            self.scale = torch.nn.Linear(1, 1, bias=False)
+
+        def modules(self):
+            return self.scale
+
+        def loss(self, outputs, batch):
+            target = (batch.indices % 8).to(outputs.device)
+            logits = outputs * self.scale.weight.squeeze()
+            return natkit.methods.StepLoss(torch.nn.functional.cross_entropy(logits, target))
+
+    class ScaledPlugin:
+        @natkit.hookimpl
+        def register_methods(self, register):
+            register("scaled", Scaled)
+
+    get_host().register(ScaledPlugin(), name="scaled")
     plugin = os.environ.get("NATKIT_TEST_PLUGIN")
     if plugin == "corrupt":
         get_host().register(Corrupt(), name="corrupt")
@@ -156,6 +177,15 @@ def test_two_ranks_stopped_mid_epoch_resume_bit_exactly(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert_same_state(load_checkpoint(tmp_path / "part" / "checkpoint.pt"),
                       load_checkpoint(tmp_path / "full" / "checkpoint.pt"))
+
+
+def test_a_methods_own_modules_stay_identical_on_every_rank(tmp_path):
+    # their gradients are averaged like the network's; a difference would fail the checksum
+    result = torchrun(tmp_path, "run", "--out", str(tmp_path / "run"), "--method", "scaled",
+                      *sets([*SMALL, "eval.enabled=false", "train.epochs=2"]))
+    assert result.returncode == 0, result.stderr[-3000:]
+    weight = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["method_modules"]["weight"]
+    assert weight.shape == (1, 1) and float(weight) != 0.0
 
 
 def test_evaluation_under_torchrun_equals_natkit_eval(tmp_path):
