@@ -176,6 +176,22 @@ def replace_speed_section(results: str, section: str) -> str:
     return results[:start] + section + results[end:]
 
 
+def replace_table_section(results: str, title: str, section: str) -> str:
+    """RESULTS.md text with one table's section (heading to figure) replaced by ``section``.
+
+    A table not there yet goes before the speed section (or at the end).
+    """
+    start = results.find(f"### {title}\n")
+    if start < 0:
+        before = results.find(SPEED_HEADING)
+        if before < 0:
+            return results.rstrip("\n") + "\n\n" + section
+        return results[:before] + section + "\n" + results[before:]
+    end = results.find("\n![", start)
+    end = results.find("\n", end + 1) + 1 if end >= 0 else len(results)
+    return results[:start] + section + results[end:]
+
+
 def gpu_links(results_dir: Path, relative_to: Path) -> str:
     """A paragraph pointing at the GPU speed tables measured on lent machines, if any."""
     found = sorted(results_dir.glob("gpu-*/speed.md"))

@@ -114,3 +114,21 @@ def test_stats_are_mean_and_sample_std():
     s = Stat.of([0.5, 0.7, 0.6])
     assert s.mean == pytest.approx(0.6) and s.std == pytest.approx(0.1) and s.n == 3
     assert str(s) == "60.0 ± 10.0"
+
+
+def test_running_one_table_refreshes_its_section_of_results_md(host, tmp_path):
+    from benchmarks.report import replace_table_section
+
+    title = TABLES["solver"].title
+    report = tmp_path / "RESULTS.md"
+    report.write_text(f"# Results\n\n### {title}\n\nstale numbers\n\n![{title}](old.png)\n\n"
+                      "### Speed: the assignment solvers and the cost of NAT\n\nspeed\n")
+    result = runner.invoke(app, ["solver", "--seeds", "1", *sets(MINIMAL),
+                                 "--out", str(tmp_path / "r"), "--runs", str(tmp_path / "runs"),
+                                 "--results", str(report)])
+    assert result.exit_code == 0, result.output
+    text = report.read_text()
+    assert "stale numbers" not in text and text.count(f"### {title}") == 1
+    assert "| hungarian |" in text and text.endswith("speed\n")  # the rest stays as it was
+    added = replace_table_section(text, "New table", "### New table\n\nx\n\n![New](n.png)\n")
+    assert added.index("### New table") < added.index("### Speed")
