@@ -20,6 +20,7 @@ from benchmarks.tables import SCALES, TABLES
 from natkit import config as cfg
 from natkit.errors import NatkitError
 
+DEFAULT_OUT = Path("benchmarks/results")
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 console = Console(stderr=True)
 
@@ -55,7 +56,7 @@ def main(
     overrides: Annotated[list[str] | None, typer.Option(
         "--set", help="Extra config override for every run, e.g. train.epochs=1.")] = None,
     out: Annotated[Path, typer.Option(help="Where tables (md, csv, png) are written.")]
-    = Path("benchmarks/results"),
+    = DEFAULT_OUT,
     runs: Annotated[Path, typer.Option(help="Where the runs are kept (finished runs are reused).")]
     = Path("benchmarks/runs"),
     results: Annotated[Path | None, typer.Option(
@@ -125,14 +126,18 @@ def main(
         section += "\n" + report.gpu_links(out, results_path.parent)
         sections.append((section, "solver speed", target / "speed.png"))
         console.print(f"[speed] done in {(time.perf_counter() - t0) / 60:.1f} min", highlight=False)
-        if "all" not in names and results_path.is_file():  # the other sections stay as measured
+        if ("all" not in names and results_path.is_file()
+                and (results is not None or out == DEFAULT_OUT)):  # the other sections stay as measured
             png = os.path.relpath(target / "speed.png", results_path.parent)
             figure = f"{section}\n![solver speed]({png})\n"
             results_path.write_text(report.replace_speed_section(results_path.read_text(), figure))
             console.print(f"updated the speed section of {results_path}", highlight=False)
-    results_file = results or (Path("benchmarks/RESULTS.md") if scale == "tiny"
-                               else target / "RESULTS.md")
-    if "all" not in names and refresh and results_file.is_file():  # the others stay as measured
+    # the committed RESULTS.md shows the committed results: refreshed only by runs that write
+    # there (or into the file --results names)
+    results_file = results or (Path("benchmarks/RESULTS.md") if out == DEFAULT_OUT
+                               and scale == "tiny" else None)
+    if ("all" not in names and refresh and results_file is not None
+            and results_file.is_file()):  # the other sections stay as measured
         text = results_file.read_text()
         for title, section, png in refresh:
             figure = f"{section}\n![{title}]({os.path.relpath(png, results_file.parent)})\n"

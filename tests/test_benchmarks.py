@@ -47,10 +47,16 @@ def test_every_table_and_the_speed_suite_run_and_write_results(host, tmp_path):
     assert "33.5 (u)" in text  # the paper's reported values stand beside the measurements
 
 
-def test_finished_runs_are_reused(host, tmp_path):
+def test_finished_runs_are_reused(host, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # where a committed benchmarks/RESULTS.md would be
+    committed = tmp_path / "benchmarks" / "RESULTS.md"
+    committed.parent.mkdir()
+    committed.write_text(f"# Results\n\n### {TABLES['solver'].title}\n\nmeasured\n\n![x](x.png)\n")
     args = ["solver", "--seeds", "1", *sets(MINIMAL), "--out", str(tmp_path / "r"),
             "--runs", str(tmp_path / "runs")]
     assert runner.invoke(app, args).exit_code == 0
+    # results written elsewhere (--out) never rewrite the committed RESULTS.md
+    assert "measured" in committed.read_text()
     runs = sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir())
     assert len(runs) == 4
     again = runner.invoke(app, args)
