@@ -12,7 +12,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -22,6 +22,9 @@ import natkit
 from natkit import config as cfg
 from natkit.errors import NatkitError, UnknownComponentError, did_you_mean
 from natkit.kinds import BY_NAME, BY_WORD, TABLE
+
+if TYPE_CHECKING:  # torch is imported only by the commands that need it
+    from natkit.distributed import Comm
 
 app = typer.Typer(
     name="natkit",
@@ -153,7 +156,7 @@ def run(
         distributed.shutdown(comm)
 
 
-def _train_and_evaluate(config: cfg.Config, comm: Any, resume: Path | None,
+def _train_and_evaluate(config: cfg.Config, comm: Comm, resume: Path | None,
                         out_dir: Path | None, evaluate: bool) -> None:
     """`natkit run` once the config and the process group are known."""
     from natkit import distributed, engine
