@@ -255,3 +255,45 @@ def test_sigterm_saves_one_checkpoint_that_resumes(tmp_path):
     resumed = natkit("run", "--resume", str(run_dir), "--epochs", str(state["epoch"] + 1))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert load_checkpoint(run_dir / "checkpoint.pt")["epoch"] == state["epoch"] + 1
+
+
+# ---------------------------------------------------------------- in-process checks, no launcher
+
+
+def test_one_process_collectives_are_the_identity():
+    from natkit.distributed import SINGLE
+
+    x = torch.arange(6.0).reshape(3, 2)
+    assert SINGLE.all_gather(x, "test") is x and SINGLE.broadcast(x, "test") is x
+    assert SINGLE.any(True, "test") and not SINGLE.any(False, "test")
+    assert SINGLE.mean(torch.tensor(2.5), "test") == 2.5
+    SINGLE.check_same("anything", "test")  # nothing to compare with
+
+
+def test_the_fingerprint_changes_with_any_value_of_the_state():
+    from natkit.distributed import state_fingerprint
+
+    state = {"perm": torch.arange(5), "epoch": 3, "nested": [torch.zeros(2), 1.5]}
+    same = {"nested": [torch.zeros(2), 1.5], "epoch": 3, "perm": torch.arange(5)}
+    assert state_fingerprint(state) == state_fingerprint(same)  # key order does not matter
+    swapped = {**state, "perm": torch.tensor([1, 0, 2, 3, 4])}
+    assert state_fingerprint(swapped) != state_fingerprint(state)
+    assert state_fingerprint({**state, "epoch": 4}) != state_fingerprint(state)
+    assert state_fingerprint({**state, "perm": torch.arange(5.0)}) != state_fingerprint(state)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (("world_size=1",), "world_size: the config says 1 but this run has 2 process(es)"),
+    (("world_size=2", "train.batch_size=15"), "train.batch_size: 15 is the global batch, split "
+                                              "over 2 ranks; it must be a multiple of 2"),
+    (("world_size=2", "train.sync_bn=true"), "train.sync_bn: PyTorch's SyncBatchNorm needs CUDA"),
+])
+def test_a_run_that_cannot_be_split_over_the_ranks_is_refused(tiny_config, tmp_path, overrides,
+                                                              message):
+    from natkit import engine
+    from natkit.distributed import Comm
+    from natkit.errors import ConfigError
+
+    # refused while the run is built, before any collective: no process group is needed
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        engine.Run(tiny_config(*overrides), tmp_path, comm=Comm(rank=0, world_size=2))
