@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from natkit import presets
+
 SCALES: dict[str, tuple[str, ...]] = {
     # the default run (small AlexNet, Sobel, sphere d=32, Hungarian, batch 256, 32 px shapes),
     # with fewer images and epochs and the two fast probes, so that every table over
@@ -21,18 +23,9 @@ SCALES: dict[str, tuple[str, ...]] = {
         "data.num_train=2000", "data.num_test=1000", "train.epochs=12",
         "eval.probes=[linear,knn]", "eval.plots=false",
     ),
-    # the authors' released recipe (DESIGN.md section 1): AlexNet with BatchNorm, fc 4096-4096-d,
-    # dropout 0.5, d = 2048, batch 256, plain SGD lr 0.01, 100 epochs, reassign every 3 epochs,
-    # Sobel input, 224 px random crops and flips; MLP on frozen conv5 for transfer
-    "paper": (
-        "data.name=imagefolder", "data.image_size=224", "backbone.widths=[96,256,384,384,256]",
-        "backbone.fc=[4096,4096]", "backbone.stem=imagenet", "head.hidden=null",
-        "head.dropout=0.5", "targets.dim=2048", "train.batch_size=256", "train.lr=0.01",
-        "train.momentum=0.0", "train.weight_decay=0.0", "train.warmup_steps=0",
-        "train.lr_gamma=0.0", "train.epochs=100", "method.permute_every=3",
-        "augment.crop_scale=[0.08,1.0]", "eval.mlp_hidden=4096", "eval.probes=[mlp,linear,knn]",
-        "eval.plots=false", "train.num_workers=8",
-    ),
+    # the authors' released recipe: natkit's 'paper' preset (natkit/presets/paper.yaml, which
+    # cites their code field by field); give the ImageNet folder with --set data.root=...
+    "paper": tuple(presets.as_overrides("paper")),
 }
 
 SUPERVISED = ("method=supervised",)

@@ -80,7 +80,13 @@ SetOption = Annotated[
 ]
 ConfigOption = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="YAML config file, applied over the defaults."),
+    typer.Option("--config", "-c", help="YAML config file, applied over the defaults (and the "
+                                        "preset)."),
+]
+PresetOption = Annotated[
+    str | None,
+    typer.Option("--preset", "-p", help="A named config shipped with natkit, applied first: "
+                                        "default, paper, paper-supervised (natkit list presets)."),
 ]
 
 
@@ -112,6 +118,7 @@ def run(
     out_dir: Annotated[Path | None, typer.Option("--out", "-o",
                                                  help="Run directory [default: runs/<time>].")]
     = None,
+    preset: PresetOption = None,
     config_file: ConfigOption = None,
     overrides: SetOption = None,
     resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory.")]
@@ -143,10 +150,13 @@ def run(
     if resume is not None:
         if out_dir is not None and out_dir != resume:
             raise NatkitError("--out: a resumed run stays in its directory; drop --out")
+        if preset is not None:
+            raise NatkitError("--preset: a resumed run keeps the config it started with; "
+                              "drop --preset")
         saved = read_run_config(resume)
         config = cfg.build(config_file, texts, base=saved.to_dict(), **components)
     else:
-        config = cfg.build(config_file, texts, **components)
+        config = cfg.build(config_file, texts, preset=preset, **components)
     comm = distributed.from_environment(config.device)
     try:
         # the run records how many processes train it; a checkpoint resumes on any number
@@ -302,12 +312,22 @@ def registry_kind(text: str) -> str:
 def list_command(
     kind: Annotated[str, typer.Argument(
         help="Which registry to list: methods, backbones, targets, solvers, preprocessors or "
-             "datasets (the singular works too, e.g. solver).")],
+             "datasets (the singular works too, e.g. solver); or presets.")],
     pattern: Annotated[str, typer.Argument(help="Glob on the names, e.g. 's*'.")] = "*",
 ) -> None:
-    """List the registered components of one kind and the plugin each comes from."""
+    """List the registered components of one kind and the plugin each comes from (or the presets)."""
     from natkit.plugins import registry
 
+    if kind.strip().lower() in ("presets", "preset"):
+        from natkit import presets
+
+        table = Table(title="natkit presets")
+        table.add_column("name", style="bold")
+        table.add_column("description")
+        for preset in presets.names():
+            table.add_row(preset, presets.describe(preset))
+        out.print(table)
+        return
     name = registry_kind(kind)
     table = Table(title=f"natkit {BY_NAME[name].plural}")
     table.add_column("name", style="bold")
@@ -359,11 +379,12 @@ def export(
 @app.command("config")
 @user_errors
 def config_command(
+    preset: PresetOption = None,
     config_file: ConfigOption = None,
     overrides: SetOption = None,
 ) -> None:
-    """Print the resolved config (defaults, then --config, then --set) as YAML."""
-    typer.echo(cfg.dump(cfg.build(config_file, overrides)), nl=False)
+    """Print the resolved config (defaults, then --preset, --config and --set) as YAML."""
+    typer.echo(cfg.dump(cfg.build(config_file, overrides, preset=preset)), nl=False)
 
 
 def main() -> None:

@@ -355,9 +355,14 @@ def parse_override(text: str) -> dict[str, Any]:
 
 
 def build(file: str | Path | None = None, overrides: list[str] | None = None, *,
-          base: dict[str, Any] | None = None, **components: Any) -> Config:
-    """``base`` (the defaults), then a YAML file, then component names, then ``key=value`` texts."""
+          base: dict[str, Any] | None = None, preset: str | None = None,
+          **components: Any) -> Config:
+    """``base`` (the defaults), a preset, a YAML file, component names, then ``key=value`` texts."""
     data = defaults() if base is None else base
+    if preset is not None:
+        from natkit import presets
+
+        data = merge(data, presets.load(preset))
     if file is not None:
         data = merge(data, load_yaml(file))
     for section, name in components.items():

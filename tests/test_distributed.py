@@ -120,9 +120,11 @@ def step_losses(run_dir: Path) -> list[float]:
     return [r["loss"] for r in read_metrics(run_dir / "metrics.jsonl") if r["kind"] == "step"]
 
 
-def test_two_ranks_train_what_one_process_trains(tmp_path):
+@pytest.mark.parametrize("reduction", ["mean", "sum"])  # sum: the authors' loss (paper preset)
+def test_two_ranks_train_what_one_process_trains(tmp_path, reduction):
     """Same global batch: the same losses (to float rounding) and the same assignment P."""
-    config = sets([*SMALL, *NO_BATCHNORM, "train.epochs=1"])
+    config = sets([*SMALL, *NO_BATCHNORM, "train.epochs=1", f"method.loss_reduction={reduction}",
+                   *(["train.lr=0.003"] if reduction == "sum" else [])])
     two = torchrun(tmp_path, "run", "--out", str(tmp_path / "two"), *config)
     assert two.returncode == 0, two.stderr[-3000:]
     one = natkit("run", "--out", str(tmp_path / "one"), *config)

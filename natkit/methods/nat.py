@@ -13,7 +13,7 @@ every rank applies the same permutation to its copy of P.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import torch
 
@@ -32,7 +32,8 @@ class NoiseAsTargets(Method):
 
     def __init__(self, *, context: MethodContext,
                  permute_every: Annotated[int, Bounds(ge=0)] = 3,
-                 cache_targets_mb: Annotated[float, Bounds(ge=0.0)] = 1024.0) -> None:
+                 cache_targets_mb: Annotated[float, Bounds(ge=0.0)] = 1024.0,
+                 loss_reduction: Literal["mean", "sum"] = "mean") -> None:
         """Noise As Targets (the paper's method; uses the ``targets`` and ``solver`` sections).
 
         Args:
@@ -40,8 +41,14 @@ class NoiseAsTargets(Method):
                 0 keeps the initial random assignment.
             cache_targets_mb: keep the target bank in memory when it takes at most this many
                 MB; larger banks are regenerated per batch from (seed, id).
+            loss_reduction: the squared distances averaged over the batch, or summed as in the
+                authors' code (MSECriterion with sizeAverage = false: at the same lr, steps
+                batch_size times larger).
         """
         self.permute_every = permute_every
+        # a sum over the global batch, whatever the ranks: each rank's mean times the global
+        # batch, which DDP's average over the ranks turns into the global sum
+        self.loss_scale = float(context.config.train.batch_size) if loss_reduction == "sum" else 1.0
         self.targets = context.create_targets()
         self.solver = context.create_solver()
         self.solver_name = context.config.solver["name"]
@@ -64,7 +71,7 @@ class NoiseAsTargets(Method):
         if self.reassigning:
             update = self._reassign(batch.indices, outputs.detach())
         targets = self.assignment.targets_of(batch.indices).to(outputs)
-        loss = (outputs - targets).pow(2).sum(dim=1).mean()
+        loss = (outputs - targets).pow(2).sum(dim=1).mean() * self.loss_scale
         if update is None:
             return StepLoss(loss)
         return StepLoss(loss, {"changed": update.changed, "cost_before": update.cost_before,
