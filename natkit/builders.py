@@ -98,4 +98,16 @@ def read_run_config(run_dir: Path) -> cfg.Config:
         raise CheckpointError(f"run directory '{run_dir}' does not exist")
     if not path.is_file():
         raise CheckpointError(f"'{run_dir}' is not a natkit run directory (no {CONFIG})")
-    return cfg.resolve(cfg.load_yaml(path))
+    return cfg.resolve(upgrade_run_config(cfg.load_yaml(path)))
+
+
+def upgrade_run_config(data: dict[str, Any]) -> dict[str, Any]:
+    """A run's config as this natkit reads it: 0.1's ``mode``, ``nat`` and ``supervised`` keys
+    become the ``method`` section, so older runs can still be evaluated and exported."""
+    if not any(key in data for key in ("mode", "nat", "supervised")) or "method" in data:
+        return data
+    data = dict(data)
+    mode = data.pop("mode", "nat")
+    nat, supervised = data.pop("nat", None) or {}, data.pop("supervised", None) or {}
+    data["method"] = {"name": mode, **(nat if mode == "nat" else supervised)}
+    return data

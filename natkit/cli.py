@@ -209,6 +209,9 @@ def _train_and_evaluate(config: cfg.Config, comm: Comm, resume: Path | None,
                  f"{the_run.checkpoint_path}; resume with: natkit run --resume {the_run.dir}")
         raise typer.Exit(130) from None
     finally:
+        # gloo aborts a rank whose group goes while DDP's reducer still holds it (about one
+        # 2-rank resume in four did): drop DDP first, on every path out of training
+        the_run.release_ranks()
         if comm.is_main and _file_identity(the_run.checkpoint_path) != before:
             with output_errors(option, the_run.dir):
                 _retire_stale_evaluation(the_run.dir, evaluating)

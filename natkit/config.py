@@ -186,8 +186,8 @@ class Config:
         {"name": "nat"}, "training method name and options: nat (Noise As Targets), supervised "
                          "(the labels, for the ablations), or a plugin's")
     device: str = option("auto", "auto (CUDA when available), cpu, cuda or cuda:N")
-    world_size: int = option(1, "processes the run trains in: set by natkit from torchrun's "
-                                "environment, recorded here", ge=1)
+    world_size: int = option(1, "processes the run trains in: recorded by natkit from "
+                                "torchrun's environment (a value given here is replaced)", ge=1)
     deterministic: bool = option(False, "use only deterministic kernels (bit-exact resumes)")
     data: dict[str, Any] = option({"name": "shapes"}, "dataset name and options")
     preprocess: dict[str, Any] = option({"name": "sobel"}, "preprocessor name and options")

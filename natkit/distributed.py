@@ -6,8 +6,10 @@ single-process path never touches torch.distributed. Under ``torchrun`` (which
 sets ``RANK``, ``WORLD_SIZE`` and ``LOCAL_RANK``), :func:`from_environment`
 starts the process group: NCCL when the run is on CUDA, gloo on the CPU.
 
-Every collective names what it is for, so a run that a dead rank leaves waiting
-fails within :data:`TIMEOUT_ENV` seconds with a message, never a silent hang.
+Every collective names what it is for. On gloo, a run that a dead rank leaves
+waiting fails within :data:`TIMEOUT_ENV` seconds with a message naming it; on
+NCCL, PyTorch's watchdog aborts the process after that timeout instead. Under
+torchrun, a rank that dies makes torchrun stop the others and name it.
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ class Comm:
     world_size: int = 1
     local_rank: int = 0
     device: torch.device = CPU  # where the backend's tensors live
+    # a gloo group for the small votes on NCCL runs: a CPU all-reduce that does not make the
+    # host wait for the GPU's queued work (None: the default group, already on the CPU)
+    cpu_group: Any = None
 
     @property
     def distributed(self) -> bool:
@@ -90,18 +95,25 @@ class Comm:
         """Replace each parameter's gradient by its mean over the ranks (what DDP does)."""
         if not self.distributed:
             return
-        for p in module.parameters():
-            if p.grad is not None:
-                buffer = p.grad.detach().to(self.device)
-                self._call(what, dist.all_reduce, buffer, dist.ReduceOp.SUM)
-                p.grad.copy_(buffer.to(p.grad.device) / self.world_size)
+        params = list(module.parameters())
+        for p in params:  # a parameter unused on one rank must still join the same all-reduce
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        flat = torch.cat([p.grad.detach().reshape(-1) for p in params]).to(self.device)
+        self._call(what, dist.all_reduce, flat, dist.ReduceOp.SUM)
+        flat /= self.world_size
+        offset = 0
+        for p in params:
+            p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad))
+            offset += p.numel()
 
     def any(self, flag: bool, what: str) -> bool:
         """Whether ``flag`` is set on any rank (every rank gets the same answer)."""
         if not self.distributed:
             return flag
-        buffer = torch.tensor([1.0 if flag else 0.0], device=self.device)
-        self._call(what, dist.all_reduce, buffer, dist.ReduceOp.MAX)
+        buffer = torch.tensor([1.0 if flag else 0.0],
+                              device=CPU if self.cpu_group is not None else self.device)
+        self._call(what, dist.all_reduce, buffer, dist.ReduceOp.MAX, group=self.cpu_group)
         return bool(buffer.item() > 0)
 
     def barrier(self, what: str) -> None:
@@ -146,15 +158,30 @@ def from_environment(device_spec: str) -> Comm:
     if cuda and device_spec.startswith("cuda:"):
         raise ConfigError(f"device: '{device_spec}' names one GPU, but under torchrun each rank "
                           "takes its LOCAL_RANK's GPU; use device=cuda (or auto)")
+    if cuda and local >= torch.cuda.device_count():
+        raise ConfigError(f"LOCAL_RANK {local} has no GPU: this machine has "
+                          f"{torch.cuda.device_count()}; start at most that many ranks per node "
+                          "(torchrun --nproc_per_node)")
+    try:
+        seconds = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
+    except ValueError:
+        raise ConfigError(f"{TIMEOUT_ENV}: expected a number of seconds, got "
+                          f"'{os.environ[TIMEOUT_ENV]}'") from None
     if cuda:
         torch.cuda.set_device(local)
     device = torch.device("cuda", local) if cuda else torch.device("cpu")
     if not dist.is_initialized():
-        seconds = float(os.environ.get(TIMEOUT_ENV, DEFAULT_TIMEOUT_S))
-        dist.init_process_group("nccl" if cuda else "gloo",
-                                timeout=datetime.timedelta(seconds=seconds),
-                                **({"device_id": device} if cuda else {}))
-    return Comm(rank=rank, world_size=world, local_rank=local, device=device)
+        try:
+            dist.init_process_group("nccl" if cuda else "gloo",
+                                    timeout=datetime.timedelta(seconds=seconds),
+                                    **({"device_id": device} if cuda else {}))
+        except (RuntimeError, dist.DistError) as exc:
+            first = next((line for line in str(exc).splitlines() if line.strip()), "")
+            raise RankError(f"rank {rank}: could not join the other {world - 1} rank(s): "
+                            f"{first.strip()[:160]}") from None
+    cpu_group = dist.new_group(backend="gloo") if cuda else None
+    return Comm(rank=rank, world_size=world, local_rank=local, device=device,
+                cpu_group=cpu_group)
 
 
 def shutdown(comm: Comm) -> None:

@@ -12,6 +12,8 @@ imports a concrete one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import gc
 import json
 import math
 import os
@@ -40,7 +42,7 @@ from natkit.checkpoint import (
     save_checkpoint,
 )
 from natkit.distributed import SINGLE, Comm, state_fingerprint
-from natkit.errors import CheckpointError, ConfigError, TrainingDiverged
+from natkit.errors import CheckpointError, ConfigError, NatkitError, TrainingDiverged
 from natkit.methods import Batch
 from natkit.plugins import get_host
 from natkit.progress import TrainingProgress
@@ -51,7 +53,8 @@ from natkit.seeding import generator, seed_for
 from natkit.transfer import prefetch, to_device
 
 CHECKPOINT_FORMAT = 2  # 2: the method's state replaces format 1's NAT-only assignment
-# Settings a resumed run may change: they do not alter what is computed.
+# Settings a resumed run may change: how it runs, not what it trains (world_size and
+# train.sync_bn change BatchNorm statistics and dropout pairing, see docs/scaling.md).
 RESUMABLE_CHANGES = ("device", "world_size", "train.epochs", "train.num_workers",
                      "train.log_every", "train.checkpoint_every", "train.channels_last",
                      "train.compile", "train.sync_bn")
@@ -140,6 +143,7 @@ class Run:
         torch.manual_seed(seed_for(config.seed, "train"))  # dropout
         self.hook = get_host().hook if comm.is_main else _SILENT  # hooks run where files are written
         self._stop_requested = False
+        self._in_method = False  # inside the method's start_epoch: collectives are allowed
         self._saved_epoch = 0
         self._view = RunView(self)
 
@@ -187,7 +191,9 @@ class Run:
                                if self.method_modules is not None else None),
             "rng": {
                 "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if self.device.type == "cuda" else [],
+                # this rank's own GPU: every rank draws alike, so rank 0's state suits them all
+                "cuda": ([torch.cuda.get_rng_state(self.device)] if self.device.type == "cuda"
+                         else []),
                 "augment": self.augment_generator.get_state(),
             },
         }
@@ -195,12 +201,12 @@ class Run:
     def save(self) -> None:
         """Write checkpoint.pt atomically; never a network with non-finite weights or statistics."""
         bad = first_non_finite(self.model.state_dict())
-        if bad is not None:
-            raise self._diverged(f"the network ({bad[0]})")
-        if self.method_modules is not None:
+        if bad is None and self.method_modules is not None:
             bad = first_non_finite(self.method_modules.state_dict())
-            if bad is not None:
-                raise self._diverged(f"the method's modules ({bad[0]})")
+        # per-rank BatchNorm statistics may differ: every rank stops if any rank would
+        if self.comm.any(bad is not None, "checking the checkpoint is finite"):
+            raise self._diverged(f"the network ({bad[0]})" if bad is not None
+                                 else "the network on another rank")
         state = self.state_dict()
         self.comm.check_same(state_fingerprint([state["method"], state["method_modules"]]),
                              "the method's state (NAT: the assignment P; its modules) at a checkpoint")
@@ -222,7 +228,7 @@ class Run:
             rng = state["rng"]
             torch.set_rng_state(rng["torch"])
             if self.device.type == "cuda" and rng.get("cuda"):
-                torch.cuda.set_rng_state_all(rng["cuda"])
+                torch.cuda.set_rng_state(rng["cuda"][0], self.device)
             self.augment_generator.set_state(rng["augment"])
             self.epoch, self.step = int(state["epoch"]), int(state["step"])
             self.batch_in_epoch = int(state["batch_in_epoch"])
@@ -264,13 +270,29 @@ class Run:
         """The run's read-only view for hooks and methods (the same object every time)."""
         return self._view
 
+    def release_ranks(self) -> None:
+        """Drop the DDP wrapper, whose reducer holds the process group, before the group goes."""
+        self.forward = self.model
+        gc.collect()
+
     def request_stop(self) -> None:
         """Stop after the current step, saving a checkpoint (what Ctrl-C asks for)."""
         self._stop_requested = True
 
     @torch.no_grad()
     def outputs(self) -> torch.Tensor:
-        """The network's outputs for every training image, in index order (eval mode, no augmentation)."""
+        """The network's outputs for every training image, in index order (eval mode, no augmentation).
+
+        Under torchrun every rank computes a share and the shares are gathered, so it is a
+        collective: a method may call it from ``start_epoch`` (every rank does), a hook may not
+        (hooks run on rank 0 only).
+        """
+        if self.comm.distributed and not self._in_method:
+            raise NatkitError("outputs() gathers over the ranks under torchrun: call it from a "
+                              "method's start_epoch (every rank runs it), not from a hook")
+        if self.comm.distributed:  # per-rank BatchNorm statistics: use rank 0's, as DDP will
+            for buffer in self.model.buffers():
+                buffer.copy_(self.comm.broadcast(buffer, "sharing rank 0's BatchNorm statistics"))
         n, ranks = len(self.dataset), self.comm.world_size
         share = -(-n // ranks)  # each rank computes one share; the last is padded, then cut
         mine = torch.arange(self.comm.rank * share, (self.comm.rank + 1) * share).clamp(max=n - 1)
@@ -286,10 +308,13 @@ class Run:
 
     def start_epoch(self) -> dict[str, float] | None:
         """Let the method prepare the current epoch (on start, and again on a resume inside it)."""
+        self._in_method = True
         try:
             return self.method.start_epoch(self.epoch, self.view())
         except FloatingPointError:
             raise self._diverged("the outputs") from None
+        finally:
+            self._in_method = False
 
     def train_step(self, images: torch.Tensor, indices: torch.Tensor,
                    labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float] | None]:
@@ -444,8 +469,10 @@ class Run:
 
     def _agree_to_stop(self) -> bool:
         """Whether any rank was asked to stop: all ranks stop after the same step."""
-        self._stop_requested = self.comm.any(self._stop_requested, "agreeing whether to stop")
-        return self._stop_requested
+        agreed = self.comm.any(self._stop_requested, "agreeing whether to stop")
+        # a signal that lands during the vote sets the flag meanwhile: keep it for the next vote
+        self._stop_requested = agreed or self._stop_requested
+        return agreed
 
     def _reassigned(self, stats: dict[str, float], sums: dict[str, Any]) -> None:
         if "changed" in stats:
@@ -504,6 +531,8 @@ def resume(run_dir: Path, changes: cfg.Config | None = None, *,
     """
     run_dir = Path(run_dir)
     saved = read_run_config(run_dir)
+    # the number of ranks is how this resume runs, not part of what it computes
+    changes = dataclasses.replace(changes or saved, world_size=comm.world_size)
     lock = RunLock(run_dir)
     if comm.is_main:
         lock.acquire()  # before anything is truncated or rewritten

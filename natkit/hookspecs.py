@@ -9,8 +9,9 @@ a package ships one by declaring an entry point in the ``natkit`` group::
 Every hook is optional. The ``register_*`` hooks receive a ``register``
 callback, ``register(name, factory, *, help=None, prefix=False)``; the
 built-in components (NAT and supervised training included) use exactly these
-hooks. The lifecycle hooks receive a :class:`natkit.runview.RunView`, a
-read-only snapshot of the run taken when the hook fires.
+hooks. The lifecycle hooks receive a :class:`natkit.runview.RunView`: a live,
+read-only view of the run, the same object from start to end. Under torchrun
+they run on rank 0 only, where the files are written.
 """
 
 from __future__ import annotations

@@ -76,7 +76,9 @@ class RunView:
         """The network's outputs for every training image in index order, ``[num_images, head_dim]``.
 
         Computed on the device in eval mode without augmentation: what a method
-        such as SeLa labels the whole dataset from.
+        such as SeLa labels the whole dataset from. Under torchrun it gathers every
+        rank's share, so only a method's ``start_epoch`` (which every rank runs) may
+        call it; a hook calling it there gets a one-line error.
         """
         return self._run.outputs()
 

@@ -67,10 +67,36 @@ WORKER = textwrap.dedent('''
             logits = outputs * self.scale.weight.squeeze()
             return natkit.methods.StepLoss(torch.nn.functional.cross_entropy(logits, target))
 
+    class Relabel(natkit.methods.Method):  # SeLa's shape: labels from every image's outputs
+        def __init__(self, *, context):
+            self.head_dim = 8
+            self.labels = torch.arange(context.num_images) % 8
+            self.done = -1
+
+        def start_epoch(self, epoch, run):
+            if epoch != self.done:
+                self.labels, self.done = run.outputs().argmax(1).cpu(), epoch
+
+        def loss(self, outputs, batch):
+            target = self.labels[batch.indices].to(outputs.device)
+            return natkit.methods.StepLoss(torch.nn.functional.cross_entropy(outputs, target))
+
+        def state_dict(self):
+            return {"labels": self.labels, "done": self.done}
+
+        def load_state_dict(self, state):
+            self.labels, self.done = state["labels"], state["done"]
+
     class ScaledPlugin:
         @natkit.hookimpl
         def register_methods(self, register):
             register("scaled", Scaled)
+            register("relabel", Relabel)
+
+    class HookOutputs:  # a hook may not gather: it runs on rank 0 only
+        @natkit.hookimpl
+        def on_epoch_end(self, run, metrics):
+            run.outputs()
 
     get_host().register(ScaledPlugin(), name="scaled")
     plugin = os.environ.get("NATKIT_TEST_PLUGIN")
@@ -78,6 +104,8 @@ WORKER = textwrap.dedent('''
         get_host().register(Corrupt(), name="corrupt")
     if plugin == "stop":
         get_host().register(Stop(), name="stop")
+    if plugin == "hook-outputs":
+        get_host().register(HookOutputs(), name="hook-outputs")
     sys.argv = ["natkit", *sys.argv[1:]]
     main()
 ''')
@@ -166,8 +194,12 @@ def test_a_checkpoint_moves_between_two_ranks_and_one_process(tmp_path):
     assert yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())["world_size"] == 2
 
 
-def test_two_ranks_stopped_mid_epoch_resume_bit_exactly(tmp_path):
-    config = sets([*SMALL, "eval.enabled=false", "train.epochs=2", "deterministic=true"])
+@pytest.mark.parametrize("method", ["nat", "relabel"])  # relabel: outputs() of every image
+def test_two_ranks_stopped_mid_epoch_resume_bit_exactly(tmp_path, method):
+    # the relabelling reads BatchNorm statistics, which are per rank on the CPU: rank 0's are
+    # shared first, or the ranks' labels (and a resumed run's) would differ
+    config = ["--method", method,
+              *sets([*SMALL, "eval.enabled=false", "train.epochs=2", "deterministic=true"])]
     full = torchrun(tmp_path, "run", "--out", str(tmp_path / "full"), *config)
     assert full.returncode == 0, full.stderr[-3000:]
     part = torchrun(tmp_path, "run", "--out", str(tmp_path / "part"), *config,
@@ -188,6 +220,14 @@ def test_a_methods_own_modules_stay_identical_on_every_rank(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     weight = load_checkpoint(tmp_path / "run" / "checkpoint.pt")["method_modules"]["weight"]
     assert weight.shape == (1, 1) and float(weight) != 0.0
+
+
+def test_a_hook_that_gathers_under_torchrun_gets_one_line_not_a_hang(tmp_path):
+    result = torchrun(tmp_path, "run", "--out", str(tmp_path / "run"),
+                      *sets([*SMALL, "eval.enabled=false", "train.epochs=1"]),
+                      NATKIT_TEST_PLUGIN="hook-outputs")
+    assert result.returncode != 0
+    assert "outputs() gathers over the ranks under torchrun" in result.stderr
 
 
 def test_evaluation_under_torchrun_equals_natkit_eval(tmp_path):

@@ -192,3 +192,13 @@ def test_channels_last_puts_the_convolutions_in_that_layout(tiny_config, tmp_pat
     run = engine.start(tiny_config("train.channels_last=true"), tmp_path / "run")
     convs = [m.weight for m in run.model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
+
+
+def test_a_run_directory_of_natkit_0_1_is_read_with_its_method(tmp_path, host):
+    from natkit.builders import read_run_config
+
+    (tmp_path / "config.yaml").write_text(
+        "seed: 3\nmode: supervised\nsupervised: {loss: square}\nnat: {permute_every: 5}\n")
+    assert read_run_config(tmp_path).method == {"name": "supervised", "loss": "square"}
+    (tmp_path / "config.yaml").write_text("mode: nat\nnat: {permute_every: 5}\n")
+    assert read_run_config(tmp_path).method["permute_every"] == 5

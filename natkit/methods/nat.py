@@ -96,7 +96,8 @@ class NoiseAsTargets(Method):
         indices = comm.all_gather(indices, "gathering the batch's indices")
         features = comm.all_gather(features, "gathering the batch's features")
         b = len(indices)
-        # rank 0 solves once; [ok, changed, cost_before, cost_after, new ids...] to every rank
+        # rank 0 solves once; [status, changed, cost_before, cost_after, new ids...] to every
+        # rank, status 1 = solved, 2 = non-finite features, 3 = the solver failed
         message = torch.zeros(4 + b, dtype=torch.float64)
         failure: BaseException | None = None
         if comm.is_main:
@@ -105,11 +106,15 @@ class NoiseAsTargets(Method):
                 message[:4] = torch.tensor([1.0, update.changed, update.cost_before,
                                             update.cost_after], dtype=torch.float64)
                 message[4:] = update.new_ids.cpu().to(torch.float64)
-            except (SolverError, FloatingPointError) as exc:
-                failure = exc
+            except FloatingPointError as exc:
+                failure, message[0] = exc, 2.0
+            except SolverError as exc:
+                failure, message[0] = exc, 3.0
         message = comm.broadcast(message, "sharing the batch's new assignment")
         if failure is not None:
             raise failure
+        if message[0] == 2.0:  # every rank reports the divergence as rank 0 does
+            raise FloatingPointError("non-finite features in the batch")
         if message[0] != 1.0:
             raise SolverError(f"solver '{self.solver_name}' failed on rank 0 (see its message)")
         update = Reassignment(indices=indices.to(self.assignment.device),
