@@ -33,7 +33,8 @@ class SelfLabelling(Method):
                  clusters: Annotated[int, Bounds(ge=2)] = 10,
                  relabel_every: Annotated[int, Bounds(ge=0)] = 1,
                  lam: Annotated[float, Bounds(gt=0.0)] = 25.0,
-                 iterations: Annotated[int, Bounds(ge=1)] = 100) -> None:
+                 iterations: Annotated[int, Bounds(ge=1)] = 10_000,
+                 tol: Annotated[float, Bounds(gt=0.0, lt=1.0)] = 1e-3) -> None:
         """Self-labelling with balanced pseudo-labels (SeLa; Asano et al., ICLR 2020).
 
         Args:
@@ -45,6 +46,8 @@ class SelfLabelling(Method):
             lam: SeLa's lambda, the sharpness of the label step (its entropic regularisation
                 is 1 / lam).
             iterations: the most Sinkhorn-Knopp iterations of one label step.
+            tol: stop the label step once every cluster's share of the images is within this
+                fraction of 1/K.
         """
         if clusters > context.num_images:
             raise OptionError("clusters", f"clusters must be at most the {context.num_images} "
@@ -53,8 +56,10 @@ class SelfLabelling(Method):
         self.relabel_every = relabel_every
         self.lam = lam
         self.iterations = iterations
+        self.tol = tol
         self.num_images = context.num_images
         self.device = context.device
+        self.comm = context.comm
         # random and exactly balanced: natkit's basis targets give image i the one-hot
         # e_(id mod K) of its target id, and the ids are a random permutation
         basis = natkit.create_targets("basis", dim=clusters)
@@ -64,13 +69,18 @@ class SelfLabelling(Method):
 
     def relabels_in(self, epoch: int) -> bool:
         """Whether the dataset is relabelled at the start of ``epoch`` (0-based)."""
+        # epoch 0 included: SeLa's own schedule (self-label's main.py) runs its first label
+        # step before the first batch, from the random network, and trains on that
         return self.relabel_every > 0 and epoch % self.relabel_every == 0
 
     def start_epoch(self, epoch: int, run: RunView) -> dict[str, float] | None:
         # a run resumed inside an epoch it had already relabelled must not relabel again
         if not self.relabels_in(epoch) or self.labelled_epoch == epoch:
             return None
-        new = balanced_labels(run.outputs(), self.lam, self.iterations).to(self.device)
+        new = balanced_labels(run.outputs(), self.lam, self.iterations, self.tol)
+        # every rank solved the same problem from the same gathered outputs; taking rank 0's
+        # answer keeps their labels identical even where their kernels round differently
+        new = self.comm.broadcast(new, "sharing the pseudo-labels").to(self.device)
         sizes = torch.bincount(new, minlength=self.head_dim)
         stats = torch.stack([(new != self.labels).double().mean(), sizes.min().double(),
                              sizes.max().double()]).tolist()
@@ -78,8 +88,9 @@ class SelfLabelling(Method):
         return {"changed": stats[0], "smallest_cluster": stats[1], "largest_cluster": stats[2]}
 
     def loss(self, outputs: torch.Tensor, batch: Batch) -> StepLoss:
-        labels = self.labels[batch.indices.to(self.device)].to(outputs.device, non_blocking=True)
-        return StepLoss(F.cross_entropy(outputs, labels))
+        # non_blocking: the host queues the copy of the indices and never waits for the device
+        indices = batch.indices.to(self.device, non_blocking=True)
+        return StepLoss(F.cross_entropy(outputs, self.labels[indices].to(outputs.device)))
 
     def state_dict(self) -> dict[str, Any]:
         return {"labels": self.labels.cpu(), "labelled_epoch": self.labelled_epoch}
@@ -91,9 +102,13 @@ class SelfLabelling(Method):
             raise ValueError(f"its SeLa labels are not {self.num_images} int64 values")
         if len(labels) and not (int(labels.min()) >= 0 and int(labels.max()) < self.head_dim):
             raise ValueError(f"its SeLa labels are not all in 0..{self.head_dim - 1}")
+        epoch = state.get("labelled_epoch")
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < -1:
+            raise ValueError(f"its SeLa labelled_epoch is not an epoch number (got {epoch!r})")
         self.labels = labels.to(self.device)
-        self.labelled_epoch = int(state["labelled_epoch"])
+        self.labelled_epoch = epoch
 
     def describe(self) -> str:
-        return (f"{self.head_dim} clusters | relabel every {self.relabel_every} epochs | "
-                f"lambda {self.lam:g}")
+        every = (f"relabel every {self.relabel_every} epochs" if self.relabel_every
+                 else "random labels, never relabelled")
+        return f"{self.head_dim} clusters | {every} | lambda {self.lam:g}"

@@ -19,10 +19,12 @@ def sizes(labels: torch.Tensor, k: int) -> torch.Tensor:
     return torch.bincount(labels, minlength=k)
 
 
-@pytest.mark.parametrize("skew", [0.0, 6.0])
-def test_the_label_step_balances_the_clusters(skew):
-    logits = torch.randn(600, 6, generator=torch.Generator().manual_seed(0))
-    logits[:, 0] += skew  # with 6.0, the argmax alone puts every image in cluster 0
+# (spread, skew): random logits; every image's argmax in cluster 0; and the same for a
+# confident network (logits spread over ~20), whose label step needs thousands of iterations
+@pytest.mark.parametrize("spread, skew", [(1.0, 0.0), (1.0, 6.0), (3.0, 20.0)])
+def test_the_label_step_balances_the_clusters(spread, skew):
+    logits = spread * torch.randn(600, 6, generator=torch.Generator().manual_seed(0))
+    logits[:, 0] += skew
     if skew:
         assert sizes(logits.argmax(1), 6)[0] == 600
     counts = sizes(balanced_labels(logits), 6)
@@ -68,6 +70,28 @@ def test_the_labels_stay_balanced_through_training(natkit_run):
     assert counts.min() >= 5 and counts.max() <= 11  # 64 images, 8 a cluster
 
 
+def test_the_state_is_checked_and_a_relabelled_epoch_is_not_relabelled_again(tiny_config,
+                                                                             tmp_path):
+    run = engine.start(tiny_config(*SELA, "eval.enabled=false"), tmp_path / "run")
+    method, state = run.method, run.method.state_dict()
+    assert state["labelled_epoch"] == -1
+    assert torch.equal(sizes(state["labels"], 4), torch.full((4,), 16))  # random, exactly balanced
+    stats = method.start_epoch(0, run.view())
+    assert set(stats) == {"changed", "smallest_cluster", "largest_cluster"}
+    assert all(type(value) is float for value in stats.values())
+    assert method.start_epoch(0, run.view()) is None  # as a run resumed inside epoch 0 calls it
+    labels = state["labels"]
+    for bad, message in [({}, "not 64 int64 values"),
+                         ({**state, "labels": labels[:10]}, "not 64 int64 values"),
+                         ({**state, "labels": labels.int()}, "not 64 int64 values"),
+                         ({**state, "labels": labels + 1}, r"not all in 0\.\.3"),
+                         ({**state, "labelled_epoch": "1"}, "labelled_epoch is not an epoch")]:
+        with pytest.raises(ValueError, match=message):
+            method.load_state_dict(bad)
+    method.load_state_dict(state)
+    assert_same_state(method.state_dict(), state)
+
+
 @pytest.mark.parametrize("stop", ["mid-epoch", "epoch boundary"])
 def test_a_stopped_run_resumes_bit_exactly(natkit_host, tiny_config, tmp_path, stop):
     config = (*SELA, "eval.enabled=false", EXACT)
@@ -86,10 +110,12 @@ def test_a_stopped_run_resumes_bit_exactly(natkit_host, tiny_config, tmp_path, s
 
 
 @pytest.mark.parametrize("setting, message", [
+    ("method.clusters=0", "method.clusters: method 'sela': clusters must be >= 2, got 0"),
     ("method.clusters=1", "method.clusters: method 'sela': clusters must be >= 2, got 1"),
     ("method.clusters=100", "method.clusters: method 'sela': clusters must be at most the 64 "
                             "training images, got 100"),
     ("method.lam=0", "method.lam: method 'sela': lam must be > 0.0, got 0"),
+    ("method.tol=1", "method.tol: method 'sela': tol must be < 1.0, got 1"),
     ("method.permute_every=3", "method.permute_every: method 'sela' has no option"),
 ])
 def test_bad_options_cost_one_line_and_exit_2(natkit_cli, tiny_sets, tmp_path, setting, message):
