@@ -32,12 +32,13 @@ def _worker(overrides: Sequence[str], steps: int, warmup: int) -> None:
     import torch
     from rich.console import Console
 
+    from benchmarks.speed import TimedSolver, synchronizer
     from natkit import config as cfg
     from natkit import distributed, engine
 
     comm = distributed.from_environment("cpu" if "device=cpu" in overrides else "auto")
     config = cfg.build(overrides=[*overrides, f"world_size={comm.world_size}"])
-    spent = {"gather": 0.0, "solve": 0.0}
+    spent = {"gather": 0.0}
 
     @dataclass(frozen=True)
     class TimedComm(distributed.Comm):
@@ -50,19 +51,12 @@ def _worker(overrides: Sequence[str], steps: int, warmup: int) -> None:
     with tempfile.TemporaryDirectory(prefix="natkit-dist-") as tmp:
         run = engine.Run(config, Path(tmp), console=Console(stderr=True, quiet=True), comm=comm)
         method = run.method
-        method.comm = TimedComm(comm.rank, comm.world_size, comm.local_rank, comm.device)
-        solve = method.solver
-
-        def timed_solve(cost: torch.Tensor) -> torch.Tensor:
-            t0 = time.perf_counter()
-            cols = solve(cost)
-            spent["solve"] += time.perf_counter() - t0
-            return cols
-
-        method.solver = timed_solve
+        method.comm = TimedComm(comm.rank, comm.world_size, comm.local_rank, comm.device,
+                                comm.cpu_group)
+        sync = synchronizer(run.device)
+        method.solver = solver = TimedSolver(method.solver, sync)
         share = config.train.batch_size // comm.world_size
         rows = run.epoch_batches(0)[:, comm.rank * share:(comm.rank + 1) * share]
-        sync = torch.cuda.synchronize if run.device.type == "cuda" else (lambda: None)
         times: dict[str, list[float]] = {"reassign": [], "fixed": []}
         shares: list[dict[str, float]] = []
         for i in range(warmup + steps):
@@ -70,7 +64,8 @@ def _worker(overrides: Sequence[str], steps: int, warmup: int) -> None:
                 idx = rows[i % len(rows)]
                 images, labels = run.dataset.get_batch(idx), run.dataset.labels[idx]
                 method.reassigning = mode == "reassign"
-                spent.update(gather=0.0, solve=0.0)
+                spent["gather"] = 0.0
+                solves = len(solver.seconds)
                 comm.barrier("starting a timed step")
                 sync()
                 t0 = time.perf_counter()
@@ -82,7 +77,7 @@ def _worker(overrides: Sequence[str], steps: int, warmup: int) -> None:
                     times[mode].append(seconds)
                     if mode == "reassign":
                         shares.append({"gather": spent["gather"] / seconds,
-                                       "solve": spent["solve"] / seconds})
+                                       "solve": sum(solver.seconds[solves:]) / seconds})
     if comm.is_main:
         result = {
             "ranks": comm.world_size, "device": str(run.device),

@@ -168,12 +168,7 @@ SPEED_HEADING = "### Speed: the assignment solvers and the cost of NAT"
 
 def replace_speed_section(results: str, section: str) -> str:
     """RESULTS.md text with its speed section (heading to figure) replaced by ``section``."""
-    start = results.find(SPEED_HEADING)
-    if start < 0:
-        return results.rstrip("\n") + "\n\n" + section
-    end = results.find("![solver speed]", start)
-    end = results.find("\n", end) + 1 if end >= 0 else len(results)
-    return results[:start] + section + results[end:]
+    return replace_table_section(results, SPEED_HEADING.removeprefix("### "), section)
 
 
 def replace_table_section(results: str, title: str, section: str) -> str:

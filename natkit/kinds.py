@@ -47,5 +47,4 @@ TABLE: tuple[Kind, ...] = (
 )
 
 BY_NAME: dict[str, Kind] = {kind.name: kind for kind in TABLE}
-BY_SECTION: dict[str, Kind] = {kind.section: kind for kind in TABLE}
 BY_WORD: dict[str, Kind] = {word: kind for kind in TABLE for word in kind.words}
