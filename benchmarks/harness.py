@@ -24,6 +24,7 @@ from natkit import builders, engine
 from natkit import config as cfg
 from natkit.checkpoint import CHECKPOINT, atomic_write_json
 from natkit.evaluation.protocol import evaluate_run
+from natkit.evaluation.snapshots import evaluate_snapshot
 
 RECORD = "bench.json"
 # two standard errors wider than this (3 points) cannot call two settings on par
@@ -108,24 +109,24 @@ def measure(table: Table, label: str, setting_overrides: tuple[str, ...], scale:
 
 def _measure_curve(config: cfg.Config, run_dir: Path, epochs: tuple[int, ...],
                    quiet: Console) -> dict[int, dict[str, float]]:
-    """Train in stages, probing the frozen features after each; epoch 0 is the fair baseline."""
-    partial = run_dir / "curve.json"
-    curve = {int(k): v for k, v in json.loads(partial.read_text()).items()} \
-        if partial.exists() else {}
-    for stop in sorted(epochs):
-        if stop in curve:
-            continue
-        staged = cfg.resolve(cfg.merge(config.to_dict(), {"train": {"epochs": stop}}))
-        _train(staged, run_dir, quiet)
-        evaluate_run(run_dir, console=quiet)
-        _, _, details = _accuracies(run_dir)
-        fresh_baseline = 0 not in curve
-        for probe, accs in details["probes"].items():
+    """Train once keeping a snapshot per epoch, then probe the snapshots; epoch 0 is the baseline.
+
+    The last epoch is the run's own evaluation (results.json, with the random init).
+    """
+    kept = cfg.resolve(cfg.merge(config.to_dict(), {"train": {"keep_every": 1}}))
+    _train(kept, run_dir, quiet)
+    curve: dict[int, dict[str, float]] = {}
+    *earlier, last = sorted(epochs)
+    evaluate_run(run_dir, console=quiet)
+    _, _, details = _accuracies(run_dir)
+    for probe, accs in details["probes"].items():
+        curve.setdefault(last, {}).update(_train_test(probe, accs["trained"]))
+        if "random_init" in accs:
+            curve.setdefault(0, {}).update(_train_test(probe, accs["random_init"]))
+    for stop in earlier:
+        out = evaluate_snapshot(run_dir, stop, baseline=False, console=quiet)
+        for probe, accs in out["details"]["probes"].items():
             curve.setdefault(stop, {}).update(_train_test(probe, accs["trained"]))
-            if fresh_baseline and "random_init" in accs:
-                curve.setdefault(0, {}).update(_train_test(probe, accs["random_init"]))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(partial, curve)
     return dict(sorted(curve.items()))
 
 

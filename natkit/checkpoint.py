@@ -21,6 +21,7 @@ CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
 RESULTS = "results.json"
+SNAPSHOTS = "snapshots"  # train.keep_every's checkpoints: snapshots/epoch-0010.pt
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -67,11 +68,30 @@ def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
 
 
-def save_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """Serialise ``state`` (tensors, numbers, strings, lists, dicts only) atomically."""
+def save_checkpoint(state: dict[str, Any], *paths: Path) -> None:
+    """Serialise ``state`` (tensors, numbers, strings, lists, dicts only) atomically to each path."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    for path in paths:
+        atomic_write_bytes(path, buffer.getvalue())
+
+
+def snapshot_path(run_dir: Path, epoch: int) -> Path:
+    """Where the snapshot kept after ``epoch`` lives: ``run_dir/snapshots/epoch-0010.pt``."""
+    return Path(run_dir) / SNAPSHOTS / f"epoch-{epoch:04d}.pt"
+
+
+def snapshot_epochs(run_dir: Path) -> list[int]:
+    """The epochs of the snapshots kept in ``run_dir``, ascending."""
+    folder = Path(run_dir) / SNAPSHOTS
+    if not folder.is_dir():
+        return []
+    epochs = []
+    for path in folder.glob("epoch-*.pt"):
+        number = path.stem.removeprefix("epoch-")
+        if number.isdigit():
+            epochs.append(int(number))
+    return sorted(epochs)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

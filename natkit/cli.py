@@ -20,7 +20,7 @@ from rich.table import Table
 
 import natkit
 from natkit import config as cfg
-from natkit.errors import NatkitError, UnknownComponentError, did_you_mean
+from natkit.errors import ConfigError, NatkitError, UnknownComponentError, did_you_mean
 from natkit.kinds import BY_NAME, BY_WORD, TABLE
 
 if TYPE_CHECKING:  # torch is imported only by the commands that need it
@@ -229,9 +229,10 @@ def _train_and_evaluate(config: cfg.Config, comm: Comm, resume: Path | None,
         with output_errors(option, the_run.dir):
             results = _evaluate(the_run.dir)["results"]
     the_run.hook.on_run_end(run=the_run.view(), results=results)
-    err.print(f"outputs in [bold]{the_run.dir}[/]: config.yaml, metrics.jsonl, checkpoint.pt"
-              + (", results.json, eval.json, loss.png, filters.png, neighbours.png"
-                 if results is not None else ""))
+    written = [name for name in ("config.yaml", "metrics.jsonl", "checkpoint.pt", "results.json",
+                                 "eval.json", "loss.png", "filters.png", "neighbours.png",
+                                 "snapshots/") if (the_run.dir / name).exists()]
+    err.print(f"outputs in [bold]{the_run.dir}[/]: {', '.join(written)}")
 
 
 def _say(message: str) -> None:
@@ -281,10 +282,27 @@ def _evaluate(run_dir: Path) -> dict[str, Any]:
         raise typer.Exit(130) from None
 
 
+def _evaluate_kept(run_dir: Path, checkpoint: str) -> None:
+    """Evaluate one kept epoch (``--checkpoint EPOCH``) or every one (``--checkpoint all``)."""
+    from natkit.evaluation.snapshots import evaluate_curve, evaluate_snapshot
+
+    choice = checkpoint.strip().lower()
+    if choice == "all":
+        evaluate_curve(run_dir, console=out, progress=err)
+    elif choice.isdigit():
+        evaluate_snapshot(run_dir, int(choice), console=out, progress=err)
+    else:
+        raise ConfigError(f"--checkpoint: expected an epoch number or 'all', got '{checkpoint}'")
+
+
 @app.command("eval")
 @user_errors
 def eval_command(
     run_dir: Annotated[Path, typer.Argument(help="A run directory made by natkit run.")],
+    checkpoint: Annotated[str | None, typer.Option(
+        "--checkpoint", metavar="EPOCH|all",
+        help="Evaluate the snapshot of this epoch (kept with train.keep_every) into "
+             "snapshots/epoch-NNNN.json, or 'all' of them into curve.json and curve.png.")] = None,
 ) -> None:
     """Re-run the evaluation of a run: probes, results.json, eval.json and plots.
 
@@ -293,7 +311,10 @@ def eval_command(
     from natkit.outputs import output_errors
 
     with output_errors("RUN_DIR", run_dir):
-        _evaluate(run_dir)
+        if checkpoint is None:
+            _evaluate(run_dir)
+        else:
+            _evaluate_kept(run_dir, checkpoint)
 
 
 # ---------------------------------------------------------------- inspection

@@ -143,6 +143,10 @@ class TrainConfig:
               "one process; false: per rank; null: on CUDA yes, on the CPU no (PyTorch's "
               "SyncBatchNorm needs CUDA)")
     checkpoint_every: int = option(1, "write checkpoint.pt every this many epochs", ge=1)
+    keep_every: int = option(
+        0, "also keep a snapshot every this many epochs (snapshots/epoch-NNNN.pt), for "
+           "`natkit eval RUN --checkpoint EPOCH` and accuracy-against-epochs curves; 0 keeps none",
+        ge=0)
     log_every: int = option(10, "write a metrics.jsonl record every this many steps", ge=1)
 
 

@@ -40,6 +40,7 @@ from natkit.checkpoint import (
     load_checkpoint,
     read_metrics,
     save_checkpoint,
+    snapshot_path,
 )
 from natkit.distributed import SINGLE, Comm, state_fingerprint
 from natkit.errors import CheckpointError, ConfigError, NatkitError, TrainingDiverged
@@ -56,7 +57,8 @@ CHECKPOINT_FORMAT = 2  # 2: the method's state replaces format 1's NAT-only assi
 # Settings a resumed run may change: how it runs, not what it trains (world_size and
 # train.sync_bn change BatchNorm statistics and dropout pairing, see docs/scaling.md).
 RESUMABLE_CHANGES = ("device", "world_size", "train.epochs", "train.num_workers",
-                     "train.log_every", "train.checkpoint_every", "train.channels_last",
+                     "train.log_every", "train.checkpoint_every", "train.keep_every",
+                     "train.channels_last",
                      "train.compile", "train.sync_bn")
 
 
@@ -198,8 +200,8 @@ class Run:
             },
         }
 
-    def save(self) -> None:
-        """Write checkpoint.pt atomically; never a network with non-finite weights or statistics."""
+    def save(self, *, checkpoint: bool = True, snapshot: bool = False) -> None:
+        """Write checkpoint.pt (and/or this epoch's snapshot) atomically; never a non-finite network."""
         bad = first_non_finite(self.model.state_dict())
         if bad is None and self.method_modules is not None:
             bad = first_non_finite(self.method_modules.state_dict())
@@ -210,8 +212,13 @@ class Run:
         state = self.state_dict()
         self.comm.check_same(state_fingerprint([state["method"], state["method_modules"]]),
                              "the method's state (NAT: the assignment P; its modules) at a checkpoint")
-        if self.comm.is_main:
-            save_checkpoint(state, self.checkpoint_path)
+        if not self.comm.is_main:
+            return
+        paths = [self.checkpoint_path] if checkpoint else []
+        if snapshot:
+            paths.append(snapshot_path(self.dir, self.epoch))
+            paths[-1].parent.mkdir(exist_ok=True)
+        save_checkpoint(state, *paths)
 
     def load(self, state: dict[str, Any]) -> None:
         """Restore a checkpoint's state into this run."""
@@ -457,8 +464,11 @@ class Run:
         }
         metrics.write(json.dumps(summary) + "\n")  # before the checkpoint: see _truncate_metrics
         metrics.flush()
-        if self.epoch % t.checkpoint_every == 0 or self.epoch == t.epochs:
-            self.save()
+        checkpoint = self.epoch % t.checkpoint_every == 0 or self.epoch == t.epochs
+        snapshot = t.keep_every > 0 and self.epoch % t.keep_every == 0
+        if checkpoint or snapshot:
+            self.save(checkpoint=checkpoint, snapshot=snapshot)
+        if checkpoint:
             self._saved_epoch = self.epoch
         changed = (f"  changed {summary['changed']:.1%}" if summary["changed"] is not None else "")
         progress.log(f"epoch {self.epoch}/{t.epochs}  loss {summary['loss']:.4f}{changed}  "

@@ -103,3 +103,20 @@ def plot_neighbours(train_set: Any, test_set: Any, train_x: torch.Tensor,
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_curve(curve: dict[int, dict[str, float]], path: Path) -> None:
+    """Test accuracy of each probe against training epochs; epoch 0 is the random init."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    probes = sorted({probe for accs in curve.values() for probe in accs})
+    for probe in probes:
+        points = [(epoch, accs[probe]) for epoch, accs in sorted(curve.items()) if probe in accs]
+        ax.plot([e for e, _ in points], [100 * a for _, a in points], "o-", label=probe)
+    ax.set_xlabel("epochs trained (0: random init, BatchNorm recomputed)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("frozen features against training epochs")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
