@@ -79,7 +79,8 @@ def build_network(config: cfg.Config, dataset: Any, method: Method) -> Network:
                                       **cfg.component_options(bb_spec))
     hidden = config.head.hidden if config.head.hidden is not None else backbone.default_head
     head = ProjectionHead(backbone.num_features, hidden, method.head_dim,
-                          config.head.dropout, config.head.batchnorm)
+                          config.head.dropout, config.head.batchnorm,
+                          config.head.dropout_where)
     return Network(preprocess, backbone, head, method.normalize)
 
 

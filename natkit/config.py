@@ -98,7 +98,12 @@ class HeadConfig:
         [], "hidden widths of the fc layers; [] is a linear projection (the tuned small-scale "
             "default); null takes the backbone's own (AlexNet: the paper's fc6-fc7, 4096-4096)",
         ge=1)
-    dropout: float = option(0.5, "dropout before each hidden fc layer", ge=0.0, lt=1.0)
+    dropout: float = option(0.5, "dropout rate of the hidden fc layers (see dropout_where)",
+                            ge=0.0, lt=1.0)
+    dropout_where: Literal["before_each", "between"] = option(
+        "before_each", "before_each: dropout before every hidden fc layer (torchvision's "
+                       "AlexNet); between: only between hidden layers, i.e. once after fc6 "
+                       "(the authors' alexnet.lua)")
     batchnorm: bool = option(True, "BatchNorm after each hidden fc layer (the authors' code)")
 
 

@@ -8,20 +8,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+DROPOUT_PLACES = ("before_each", "between")
+
 
 class ProjectionHead(nn.Sequential):
     """fc layers from the backbone's features to ``out_features``.
 
-    Each hidden layer is Dropout -> Linear -> BatchNorm -> ReLU, as AlexNet's
-    fc6 and fc7 in the authors' code; the last layer is a plain Linear.
+    Each hidden layer is Linear -> BatchNorm -> ReLU, the last layer a plain Linear.
+    Dropout goes ``before_each`` hidden layer (torchvision's AlexNet: on the conv
+    features too) or only ``between`` hidden layers (the authors' alexnet.lua: once,
+    after fc6's ReLU).
     """
 
     def __init__(self, in_features: int, hidden: Sequence[int], out_features: int,
-                 dropout: float = 0.5, batchnorm: bool = True) -> None:
+                 dropout: float = 0.5, batchnorm: bool = True,
+                 dropout_where: str = "before_each") -> None:
+        if dropout_where not in DROPOUT_PLACES:
+            raise ValueError(f"dropout_where must be one of {', '.join(DROPOUT_PLACES)}, "
+                             f"got '{dropout_where}'")
         layers: list[nn.Module] = []
         width = in_features
-        for h in hidden:
-            if dropout > 0:
+        for i, h in enumerate(hidden):
+            if dropout > 0 and (dropout_where == "before_each" or i > 0):
                 layers.append(nn.Dropout(dropout))
             layers.append(nn.Linear(width, h, bias=not batchnorm))
             if batchnorm:
