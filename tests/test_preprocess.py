@@ -66,3 +66,16 @@ def test_sobel_filters_compose_exactly_with_the_first_conv(host):
     through_sobel = F.conv2d(sobel(image), weight)[..., 1:-1, 1:-1]
     composed = F.conv2d(image, sobel.compose_filters(weight))
     torch.testing.assert_close(composed, through_sobel, atol=1e-4, rtol=1e-4)
+
+
+def test_sobel_normalize_standardises_each_image_as_torchnet_does(host):
+    plain = natkit.create_preprocess("sobel")
+    normalized = natkit.create_preprocess("sobel", normalize=True)
+    images = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    images[1] = images[1] * 0.1 + 0.5  # the same kind of picture at a tenth of the contrast
+    expected = plain(torch.stack([(x - x.mean()) / x.std() for x in images]))
+    torch.testing.assert_close(normalized(images), expected)
+    # replicated borders: the mean cancels, so it is the plain gradients over each image's std
+    torch.testing.assert_close(normalized(images), plain(images) / images.flatten(1).std(1)
+                               .view(-1, 1, 1, 1), rtol=1e-5, atol=1e-4)
+    assert torch.isfinite(normalized(torch.full((1, 3, 8, 8), 0.3))).all()  # a blank image
