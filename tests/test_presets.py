@@ -44,6 +44,7 @@ AUTHORS = [
     ("train.warmup_steps", 0, "main.lua: no warm-up"),
     ("train.momentum", 0.0, "main.lua: tnt.SGDEngine, plain SGD"),
     ("train.weight_decay", 0.0, "main.lua: no weight decay"),
+    ("train.keep_every", 10, "main.lua: -saveperiod 10, the model saved every 10 epochs"),
 ]
 
 
