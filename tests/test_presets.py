@@ -98,6 +98,10 @@ def test_presets_are_listed_printed_and_layered_under_everything_else(host, tmp_
     supervised = config.build(preset="paper-supervised")
     assert supervised.method == {"name": "supervised", "loss": "softmax"}
     assert supervised.train.momentum == 0.9 and supervised.backbone["widths"][0] == 96
+    # the baseline trains the very network, input and data the paper preset does
+    paper = config.build(preset="paper")
+    for section in ("data", "preprocess", "backbone", "head", "augment"):
+        assert getattr(supervised, section) == getattr(paper, section), section
 
 
 def test_a_preset_as_overrides_builds_the_same_config(host):
