@@ -147,6 +147,7 @@ class Run:
         self._stop_requested = False
         self._in_method = False  # inside the method's start_epoch: collectives are allowed
         self._saved_epoch = 0
+        self._sums = self._fresh_sums()  # the current epoch's loss and reassignment totals
         self._view = RunView(self)
 
     def _network(self) -> tuple[torch.nn.Module, Any]:
@@ -200,6 +201,11 @@ class Run:
             },
         }
 
+    def _fresh_sums(self, loss: float = 0.0, changed: float = 0.0,
+                    reassigned: int = 0) -> dict[str, Any]:
+        return {"loss": torch.tensor(loss, device=self.device), "changed": changed,
+                "reassigned": reassigned}
+
     def save(self, *, checkpoint: bool = True, snapshot: bool = False) -> None:
         """Write checkpoint.pt (and/or this epoch's snapshot) atomically; never a non-finite network."""
         bad = first_non_finite(self.model.state_dict())
@@ -210,6 +216,10 @@ class Run:
             raise self._diverged(f"the network ({bad[0]})" if bad is not None
                                  else "the network on another rank")
         state = self.state_dict()
+        # a run stopped mid-epoch: the epoch's record, once resumed, covers all its batches
+        state["epoch_sums"] = {
+            "loss": float(self.comm.mean(self._sums["loss"], "averaging the epoch's loss")),
+            "changed": self._sums["changed"], "reassigned": self._sums["reassigned"]}
         self.comm.check_same(state_fingerprint([state["method"], state["method_modules"]]),
                              "the method's state (NAT: the assignment P; its modules) at a checkpoint")
         if not self.comm.is_main:
@@ -239,6 +249,7 @@ class Run:
             self.augment_generator.set_state(rng["augment"])
             self.epoch, self.step = int(state["epoch"]), int(state["step"])
             self.batch_in_epoch = int(state["batch_in_epoch"])
+            self._sums = self._fresh_sums(**state.get("epoch_sums", {}))
             per_epoch = len(self.dataset) // self.config.train.batch_size
             # batch_in_epoch == per_epoch: stopped after the last batch, before the epoch closed
             if not (0 <= self.batch_in_epoch <= per_epoch and self.epoch >= 0
@@ -410,9 +421,10 @@ class Run:
         share = t.batch_size // comm.world_size
         batches = self.epoch_batches(epoch)[:, comm.rank * share:(comm.rank + 1) * share]
         progress.start_epoch(epoch, len(batches), self.batch_in_epoch)
-        sums = {"loss": torch.zeros((), device=self.device), "changed": 0.0, "reassigned": 0}
+        sums = self._sums
+        resumed_inside = self.batch_in_epoch > 0
         prepared = self.start_epoch()
-        if prepared is not None:
+        if prepared is not None and not resumed_inside:  # else counted before the interruption
             self._reassigned(prepared, sums)
         started = window_start = time.perf_counter()
         window_images = 0
@@ -448,12 +460,14 @@ class Run:
                              record["images_per_s"] if record else None)
             if self._agree_to_stop():
                 return False
-        mean_loss = float(comm.mean(sums["loss"], "averaging the epoch's loss")) / max(done_here, 1)
+        mean_loss = float(comm.mean(sums["loss"], "averaging the epoch's loss")) / max(
+            self.batch_in_epoch, 1)
         if not math.isfinite(mean_loss):
             raise self._diverged("the loss")
         seconds = time.perf_counter() - started
         self.epoch += 1
         self.batch_in_epoch = 0
+        self._sums = self._fresh_sums()
         summary = {
             "kind": "epoch", "epoch": epoch, "step": self.step,
             "loss": mean_loss,

@@ -96,6 +96,28 @@ def test_an_interrupted_run_saves_mid_epoch_and_resumes_exactly(tiny_config, tmp
     assert steps == sorted(set(steps))  # nothing logged twice across the resume
 
 
+@pytest.mark.parametrize("stop", [2, 4])  # inside the first epoch, and after its last batch
+def test_an_epoch_resumed_inside_records_the_loss_of_all_its_batches(tiny_config, tmp_path, host,
+                                                                     stop):
+    full = engine.start(tiny_config(EXACT), tmp_path / "full")
+    full.train()
+    host.register(StopAfter(step=stop), name="stopper")
+    part = engine.start(tiny_config(EXACT), tmp_path / "part")
+    assert part.train() is False
+    host.unregister("stopper")
+    assert load_checkpoint(tmp_path / "part" / "checkpoint.pt")["batch_in_epoch"] == stop
+    engine.resume(tmp_path / "part").train()
+
+    def epochs(run):
+        return [r for r in read_metrics(tmp_path / run / "metrics.jsonl") if r["kind"] == "epoch"]
+
+    whole, resumed = epochs("full"), epochs("part")
+    assert [r["epoch"] for r in resumed] == [0, 1]
+    for a, b in zip(whole, resumed, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-6)  # not 0.0, not half an epoch
+        assert b["changed"] == pytest.approx(a["changed"])
+
+
 def test_resume_refuses_a_changed_config(tiny_config, tmp_path):
     engine.start(tiny_config("train.epochs=1"), tmp_path / "run").train()
     with pytest.raises(ConfigError, match="train.lr differs from the run's config.yaml"):
