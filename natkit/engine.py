@@ -25,7 +25,6 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from torch.utils.data import DataLoader
 
 import natkit
 from natkit import config as cfg
@@ -42,6 +41,7 @@ from natkit.checkpoint import (
     save_checkpoint,
     snapshot_path,
 )
+from natkit.datasets.loader import BatchLoader
 from natkit.distributed import SINGLE, Comm, state_fingerprint
 from natkit.errors import CheckpointError, ConfigError, NatkitError, TrainingDiverged
 from natkit.methods import Batch
@@ -51,7 +51,7 @@ from natkit.rundir import RunLock, check_new_run_dir
 from natkit.runview import RunView
 from natkit.schedule import learning_rate
 from natkit.seeding import generator, seed_for
-from natkit.transfer import prefetch, to_device
+from natkit.transfer import prefetch, to_device, to_float
 
 CHECKPOINT_FORMAT = 2  # 2: the method's state replaces format 1's NAT-only assignment
 # Settings a resumed run may change: how it runs, not what it trains (world_size and
@@ -65,21 +65,17 @@ RESUMABLE_CHANGES = ("device", "world_size", "train.epochs", "train.num_workers"
 def iterate_batches(dataset: Any, batches: torch.Tensor, num_workers: int,
                     loader_generator: torch.Generator | None = None,
                     ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield ``(images, indices, labels)`` for each row of ``batches`` (dataset indices).
+    """Yield ``(images, indices, labels)`` for each row of ``batches``, images as float in [0, 1].
 
-    Workers get their base seed from ``loader_generator``: without one, every new
-    DataLoader iterator would draw it from the global torch RNG, which dropout
-    also uses, so the number of workers (or a resume) would change the training.
+    One pass with its own workers, for tools and tests; a run keeps one
+    :class:`~natkit.datasets.loader.BatchLoader` for all its epochs. Workers get
+    their base seed from ``loader_generator``, never from the global torch RNG
+    (which dropout also uses), so the number of workers cannot change the training.
     """
-    if num_workers == 0:
-        for idx in batches:
-            yield dataset.get_batch(idx), idx, dataset.labels[idx]
-        return
-    loader = DataLoader(dataset, batch_sampler=batches.tolist(), num_workers=num_workers,
-                        persistent_workers=False, pin_memory=torch.cuda.is_available(),
-                        generator=loader_generator or torch.Generator().manual_seed(0))
-    for images, idx, labels in loader:
-        yield images, idx, labels
+    with BatchLoader(dataset, num_workers,
+                     loader_generator or torch.Generator().manual_seed(0)) as loader:
+        for images, idx, labels in loader.epoch(batches):
+            yield to_float(images), idx, labels
 
 
 class Run:
@@ -346,7 +342,8 @@ class Run:
         """
         a = self.config.augment
         b = self.config.train.batch_size
-        x = random_resized_crop(to_device(images, self.device), self.augment_generator,
+        # loaders hand over uint8 where the images are stored so: floats are made on the device
+        x = random_resized_crop(to_float(to_device(images, self.device)), self.augment_generator,
                                 a.crop_scale, a.crop_ratio, a.flip,
                                 part=(self.comm.rank * (b // self.comm.world_size), b))
         x = x.contiguous(memory_format=self.memory_format)
@@ -399,6 +396,21 @@ class Run:
         finally:
             self.lock.release()
 
+    @contextlib.contextmanager
+    def _data_loader(self) -> Iterator[BatchLoader]:
+        """The run's one loader: its workers start once, serve every epoch, and stop at the end.
+
+        Their base seed comes from the run's seed alone, so a resumed run's workers start
+        as the first run's did (natkit's datasets draw no random numbers in workers).
+        """
+        loader = BatchLoader(self.dataset, self.config.train.num_workers,
+                             generator(self.config.seed, "loader"), self.device)
+        self._loader = loader
+        try:
+            yield loader
+        finally:
+            loader.close()
+
     def _train(self) -> bool:
         self._saved_epoch = self.epoch if self.checkpoint_path.exists() else 0
         self.hook.on_run_start(run=self.view())
@@ -406,7 +418,7 @@ class Run:
         # only rank 0 writes the run directory
         metrics_path = self.dir / METRICS if self.comm.is_main else Path(os.devnull)
         with self._interruptible(), open(metrics_path, "a") as metrics, \
-                TrainingProgress(self.console, total) as progress:
+                TrainingProgress(self.console, total) as progress, self._data_loader():
             while self.epoch < total:
                 if not self._train_epoch(metrics, progress):
                     self.save()
@@ -429,9 +441,7 @@ class Run:
         started = window_start = time.perf_counter()
         window_images = 0
         done_here = 0
-        stream = prefetch(iterate_batches(self.dataset, batches[self.batch_in_epoch:],
-                                          t.num_workers, generator(self.config.seed, f"loader/{epoch}")),
-                          self.device)
+        stream = prefetch(self._loader.epoch(batches[self.batch_in_epoch:]), self.device)
         for images, indices, labels in stream:
             loss, reassigned = self.train_step(images, indices, labels)
             self.batch_in_epoch += 1

@@ -26,6 +26,13 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.to(device, non_blocking=True)
 
 
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images as float in [0, 1], where they are (after the copy: 4x fewer bytes moved)."""
+    if images.dtype == torch.uint8:
+        return images.float().div_(255.0)  # the same rounding on every device: bit-exact
+    return images
+
+
 def prefetch(batches: Iterable[Batch], device: torch.device) -> Iterator[Batch]:
     """Yield each tuple of tensors from ``batches`` on ``device``, copying the next one ahead.
 

@@ -14,6 +14,14 @@ os.environ.setdefault(plugins.AUTOLOAD_ENV, "1")
 torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _index_cache(tmp_path_factory):
+    """Image-folder indexes go to a folder of the session, not the user's ~/.cache/natkit."""
+    with pytest.MonkeyPatch.context() as mp:  # os.environ: subprocesses inherit it too
+        mp.setenv("NATKIT_CACHE_DIR", str(tmp_path_factory.mktemp("natkit-cache")))
+        yield
+
+
 @pytest.fixture
 def natkit_host():
     """A fresh plugin host (built-ins only) installed as natkit's host for one test."""

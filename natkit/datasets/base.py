@@ -39,6 +39,17 @@ class ImageDataset(Dataset):
         """Images for a batch of indices, stacked ``[b, c, h, w]``."""
         return torch.stack([self.load(int(i)) for i in indices])
 
+    # What the training loader moves: the image as stored (uint8 where the dataset keeps
+    # uint8, a quarter of float32's bytes); the engine makes floats of it on the device.
+
+    def raw_item(self, index: int) -> torch.Tensor:
+        """The image at ``index`` as a loader worker hands it over: uint8 or float in [0, 1]."""
+        return self.load(index)
+
+    def raw_batch(self, indices: torch.Tensor) -> torch.Tensor:
+        """A batch of :meth:`raw_item` images, stacked."""
+        return self.get_batch(indices)
+
     @property
     def num_classes(self) -> int:
         return len(self.classes)
@@ -68,6 +79,12 @@ class TensorImageDataset(ImageDataset):
 
     def get_batch(self, indices: torch.Tensor) -> torch.Tensor:
         return self.images[indices].float().div_(255.0)
+
+    def raw_item(self, index: int) -> torch.Tensor:
+        return self.images[index]
+
+    def raw_batch(self, indices: torch.Tensor) -> torch.Tensor:
+        return self.images[indices]
 
 
 def resize_square(images: torch.Tensor, size: int) -> torch.Tensor:
