@@ -6,7 +6,8 @@ Markers in the Markdown sources are replaced when the site is built:
 every registered component's options), ``<!-- benchmark-results -->``
 (benchmarks/RESULTS.md, whose figures are copied into the site) and
 ``<!-- gpu-results -->`` (the speed suite's tables measured on lent GPUs) and
-``<!-- distributed-results -->`` (torchrun ranks against one process).
+``<!-- distributed-results -->`` (torchrun ranks against one process) and
+``<!-- eval-memory-results -->`` (the evaluation's peak memory against n).
 """
 
 from __future__ import annotations
@@ -197,6 +198,13 @@ def distributed_results() -> str:
     return "\n".join(parts) or "Not measured yet: run `python -m benchmarks.distributed`."
 
 
+def eval_memory_results() -> str:
+    """Peak memory of the evaluation against n, as last measured (benchmarks/results/tiny/eval_memory.md)."""
+    md = FIGURES / "eval_memory.md"
+    return (md.read_text().replace("### ", "#### ", 1) if md.is_file()
+            else "Not measured yet: run `python -m benchmarks.eval_memory`.")
+
+
 _MATH = re.compile(r"(```.*?```|`[^`\n]*`)|\\\[(.+?)\\\]|\\\((.+?)\\\)", re.S)
 
 
@@ -222,7 +230,8 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
                          ("<!-- config-reference -->", config_reference),
                          ("<!-- benchmark-results -->", benchmark_results),
                          ("<!-- gpu-results -->", gpu_results),
-                         ("<!-- distributed-results -->", distributed_results)):
+                         ("<!-- distributed-results -->", distributed_results),
+                         ("<!-- eval-memory-results -->", eval_memory_results)):
         if marker in markdown:
             markdown = markdown.replace(marker, make())
     return markdown

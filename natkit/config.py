@@ -183,6 +183,8 @@ class EvalConfig:
                                   "(BatchNorm statistics recomputed on the training images)")
     plots: bool = option(True, "write loss.png, filters.png and neighbours.png")
     batch_size: int = option(256, "batch size for feature extraction and probes", ge=1)
+    chunk_mb: float = option(256.0, "MiB of float32 features a probe holds at once; features "
+                                    "are kept on disk (float16) and read in chunks", gt=0.0)
 
 
 @dataclass

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from natkit.evaluation.probes import QUIET, ProbeProgress
+from natkit.evaluation.store import FeatureStore, StoreWriter
 
 
 def _index_batches(n: int, batch_size: int) -> list[torch.Tensor]:
@@ -44,21 +48,44 @@ def recalibrate_batchnorm(model: nn.Module, dataset: object, device: torch.devic
 
 
 @torch.no_grad()
-def extract_features(model: nn.Module, dataset: object, layer: str, device: torch.device,
-                     batch_size: int = 256, tap_pool: int = 2,
-                     progress: ProbeProgress = QUIET) -> torch.Tensor:
-    """Features of every image at tap ``layer``, float32 ``[n, d]`` on the CPU.
+def feature_batches(model: nn.Module, dataset: object, layer: str, device: torch.device,
+                    batch_size: int = 256, tap_pool: int = 2,
+                    progress: ProbeProgress = QUIET) -> Iterator[torch.Tensor]:
+    """Features at tap ``layer``, one float32 CPU batch ``[b, d]`` at a time, in dataset order.
 
     ``last`` is the backbone's pooled output; an intermediate map is
     average-pooled to ``tap_pool`` x ``tap_pool`` and flattened. ``progress`` advances by
     the images of each batch.
     """
     model.eval()
-    chunks = []
     for idx in _index_batches(len(dataset), batch_size):
         out = model.taps(dataset.get_batch(idx).to(device), [layer])[layer]
         if out.ndim == 4:
             out = F.adaptive_avg_pool2d(out, tap_pool)
-        chunks.append(out.flatten(1).float().cpu())
+        yield out.flatten(1).float().cpu()
         progress.advance(len(idx))
-    return torch.cat(chunks)
+
+
+def extract_features(model: nn.Module, dataset: object, layer: str, device: torch.device,
+                     batch_size: int = 256, tap_pool: int = 2,
+                     progress: ProbeProgress = QUIET) -> torch.Tensor:
+    """Features of every image at tap ``layer``, float32 ``[n, d]`` in memory (small data only).
+
+    The evaluation itself streams them to disk with :func:`write_features`.
+    """
+    return torch.cat(list(feature_batches(model, dataset, layer, device, batch_size, tap_pool,
+                                          progress)))
+
+
+def write_features(model: nn.Module, dataset: object, layer: str, device: torch.device,
+                   path: Path, batch_size: int = 256, tap_pool: int = 2,
+                   progress: ProbeProgress = QUIET) -> FeatureStore:
+    """Features of every image at tap ``layer``, written batch by batch to a float16 store."""
+    writer = StoreWriter(path)
+    try:
+        for x in feature_batches(model, dataset, layer, device, batch_size, tap_pool, progress):
+            writer.append(x)
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.finish()

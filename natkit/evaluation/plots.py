@@ -11,7 +11,6 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display is needed or assumed
 import matplotlib.pyplot as plt
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 
@@ -76,16 +75,10 @@ def plot_filters(model: nn.Module, path: Path, limit: int = 96) -> bool:
     return True
 
 
-def plot_neighbours(train_set: Any, test_set: Any, train_x: torch.Tensor,
-                    test_x: torch.Tensor, path: Path, queries: int = 8, k: int = 6,
-                    seed: int = 0) -> None:
-    """For random test images, their ``k`` nearest training images in feature space."""
-    g = torch.Generator().manual_seed(seed)
-    picks = torch.randperm(len(test_set), generator=g)[:queries]
-    mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
-    bank = F.normalize((train_x - mean) / std, dim=1)
-    query = F.normalize((test_x[picks] - mean) / std, dim=1)
-    nearest = (query @ bank.t()).topk(min(k, len(bank)), dim=1).indices
+def plot_neighbours(train_set: Any, test_set: Any, picks: torch.Tensor, nearest: torch.Tensor,
+                    path: Path) -> None:
+    """Test images ``picks`` and, per row of ``nearest``, their nearest training images."""
+    k = nearest.shape[1]
     fig, axes = plt.subplots(len(picks), k + 1, figsize=((k + 1) * 1.1, len(picks) * 1.1),
                              squeeze=False)
     for row, (q, nn_idx) in enumerate(zip(picks.tolist(), nearest, strict=True)):

@@ -5,14 +5,23 @@ the run's seed (the very weights training started from) and its BatchNorm
 statistics are recomputed on the training images; features are standardised
 with training statistics; probe settings are chosen on a validation split
 carved from the training split; the test split is used once, at the end.
+
+Features never sit in memory all at once: each network's features of each split
+are written to a float16 file (see natkit.evaluation.store) in a hidden folder
+``.eval-features-<pid>`` of the run directory (of the system's temporary folder
+without one), read back in chunks of ``eval.chunk_mb`` by the probes, and the
+folder is deleted when the evaluation ends, however it ends.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +39,22 @@ from natkit.checkpoint import (
     load_checkpoint,
     read_metrics,
 )
-from natkit.errors import CheckpointError, ConfigError
+from natkit.errors import CheckpointError, ConfigError, OutputError
 from natkit.evaluation.checks import require_finite
-from natkit.evaluation.features import extract_features, recalibrate_batchnorm
+from natkit.evaluation.features import recalibrate_batchnorm, write_features
 from natkit.evaluation.plots import plot_filters, plot_loss, plot_neighbours
 from natkit.evaluation.probes import (
     QUIET,
     ProbeProgress,
     ProbeResult,
+    Rows,
     knn_probe,
     linear_probe,
     mlp_probe,
+    nearest,
+    statistics,
 )
+from natkit.evaluation.store import FeatureSource, FeatureStore
 from natkit.progress import EvalProgress, Phase, format_seconds
 
 DETAILS = "eval.json"
@@ -60,9 +73,7 @@ def run_order(probes: list[str]) -> list[str]:
     return sorted(probes, key=lambda p: RUN_ORDER.index(p) if p in RUN_ORDER else len(RUN_ORDER))
 
 
-def _labelled(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    keep = y >= 0
-    return x[keep], y[keep]
+STORE_PREFIX = ".eval-features-"  # the evaluation's feature files live in <run>/.eval-features-<pid>/
 
 
 def plan(config: cfg.Config, networks: list[str], train_images: int, test_images: int,
@@ -99,32 +110,33 @@ def plan(config: cfg.Config, networks: list[str], train_images: int, test_images
     return phases
 
 
-def run_probes(config: cfg.Config, train: tuple[torch.Tensor, torch.Tensor],
-               test: tuple[torch.Tensor, torch.Tensor],
+def run_probes(config: cfg.Config, train: tuple[torch.Tensor | FeatureSource, torch.Tensor],
+               test: tuple[torch.Tensor | FeatureSource, torch.Tensor],
                device: torch.device, *, which: str = "trained",
                progress: EvalProgress | None = None) -> dict[str, ProbeResult]:
     """Every configured probe on one network's (features, labels) of both splits.
 
-    With ``progress``, each probe is the planned phase ``'<probe>/<which>'``.
+    Features are a tensor or a feature store; rows with a negative label are left
+    out. With ``progress``, each probe is the planned phase ``'<probe>/<which>'``.
     """
     e = config.eval
-    (train_x, train_y), (test_x, test_y) = _labelled(*train), _labelled(*test)
+    (train_x, train_y), (test_x, test_y) = train, test
     results: dict[str, ProbeResult] = {}
     for probe in run_order(e.probes):
         reporter: ProbeProgress | EvalProgress = QUIET
         if progress is not None:
             progress.phase(f"{probe}/{which}")
             reporter = progress
-        common = {"val_fraction": e.val_fraction, "seed": config.seed, "progress": reporter}
+        common = {"val_fraction": e.val_fraction, "seed": config.seed, "progress": reporter,
+                  "device": device, "chunk_mb": e.chunk_mb}
         if probe == "linear":
             results[probe] = linear_probe(train_x, train_y, test_x, test_y,
                                           weight_decays=e.linear_weight_decay,
-                                          iterations=e.linear_iterations, device=device,
-                                          **common)
+                                          iterations=e.linear_iterations, **common)
         elif probe == "mlp":
             results[probe] = mlp_probe(train_x, train_y, test_x, test_y, hidden=e.mlp_hidden,
                                        weight_decays=e.mlp_weight_decay, epochs=e.mlp_epochs,
-                                       batch_size=e.batch_size, device=device, **common)
+                                       batch_size=e.batch_size, **common)
         else:
             results[probe] = knn_probe(train_x, train_y, test_x, test_y, ks=e.knn_k,
                                        temperature=e.knn_temperature, **common)
@@ -169,28 +181,63 @@ def evaluate(config: cfg.Config, model_state: dict[str, torch.Tensor], *,
                               f"{', '.join(net.backbone.tap_names)}")
     phases = plan(config, list(networks), len(train_set), len(test_set),
                   plots=run_dir is not None, classifier=method.classifier)
-    with EvalProgress(console, phases) as progress:
+    with EvalProgress(console, phases) as progress, _store_folder(run_dir) as folder:
         out = _evaluate(config, networks, train_set, test_set, device, run_dir, progress,
-                        classifier=method.classifier)
+                        classifier=method.classifier, folder=folder)
         seconds = progress.finish()
     console.print(f"evaluated in {format_seconds(seconds)}", highlight=False, soft_wrap=True)
     return out
 
 
+@contextmanager
+def _store_folder(run_dir: Path | None) -> Iterator[Path]:
+    """A fresh folder for the feature files, deleted on the way out (success, error or Ctrl-C)."""
+    try:
+        if run_dir is None:
+            folder = Path(tempfile.mkdtemp(prefix="natkit" + STORE_PREFIX))
+        else:
+            _remove_orphans(Path(run_dir))
+            folder = Path(run_dir) / f"{STORE_PREFIX}{os.getpid()}"
+            shutil.rmtree(folder, ignore_errors=True)  # left by a killed process of this pid
+            folder.mkdir()
+    except OSError as exc:
+        raise OutputError(f"eval: cannot create a folder for the feature files: "
+                          f"{exc.strerror or exc}") from None
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _remove_orphans(run_dir: Path) -> None:
+    """Delete the feature folders of evaluations killed outright (their process is gone)."""
+    for folder in run_dir.glob(f"{STORE_PREFIX}*"):
+        pid = folder.name.removeprefix(STORE_PREFIX)
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            pass  # alive, owned by another user
+
+
 def _evaluate(config: cfg.Config, networks: dict[str, Any], train_set: Any, test_set: Any,
               device: torch.device, run_dir: Path | None,
-              progress: EvalProgress, classifier: bool) -> dict[str, Any]:
+              progress: EvalProgress, classifier: bool, folder: Path) -> dict[str, Any]:
     e = config.eval
     train_y, test_y = train_set.labels, test_set.labels
-    features: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    features: dict[str, tuple[FeatureStore, FeatureStore]] = {}
     for which, net in networks.items():
         progress.phase(f"features/{which}")
         net.to(device).eval()
         if which == "random_init":
             recalibrate_batchnorm(net, train_set, device, e.batch_size, progress=progress)
-        features[which] = tuple(extract_features(net, ds, e.layer, device, e.batch_size,
-                                                 e.tap_pool, progress=progress)
-                                for ds in (train_set, test_set))
+        features[which] = tuple(write_features(net, ds, e.layer, device,
+                                               folder / f"{which}-{split}.f16", e.batch_size,
+                                               e.tap_pool, progress=progress)
+                                for split, ds in (("train", train_set), ("test", test_set)))
 
     started = time.perf_counter()
     probes = {which: run_probes(config, (fx[0], train_y), (fx[1], test_y), device,
@@ -200,8 +247,12 @@ def _evaluate(config: cfg.Config, networks: dict[str, Any], train_set: Any, test
                for probe in e.probes}
     details: dict[str, Any] = {
         "layer": e.layer,
-        "feature_dim": int(features["trained"][0].shape[1]),
+        "feature_dim": int(features["trained"][0].dim),
         "train_images": len(train_set), "test_images": len(test_set),
+        # float16 files on disk, deleted at the end; values beyond float16's range saturate
+        "feature_store": {"bytes": sum(s.nbytes for fx in features.values() for s in fx),
+                          "clipped_values": sum(s.clipped for fx in features.values()
+                                                for s in fx)},
         "probe_seconds": round(time.perf_counter() - started, 1),
         "probes": {probe: {which: dataclasses.asdict(probes[which][probe]) for which in probes}
                    for probe in e.probes},
@@ -209,13 +260,13 @@ def _evaluate(config: cfg.Config, networks: dict[str, Any], train_set: Any, test
     if classifier:  # the outputs are logits over the classes: how well do they classify?
         progress.phase("classifier")
         net = networks["trained"]
-        chunks = []
+        correct = 0
         with torch.no_grad():
             for idx in torch.arange(len(test_set)).split(e.batch_size):
-                chunks.append(net(test_set.get_batch(idx).to(device)).cpu())
+                predicted = net(test_set.get_batch(idx).to(device)).argmax(1).cpu()
+                correct += int((predicted == test_y[idx]).sum())
                 progress.advance(len(idx))
-        logits = torch.cat(chunks)
-        details["classifier_accuracy"] = float((logits.argmax(1) == test_y).float().mean())
+        details["classifier_accuracy"] = correct / len(test_set)
 
     if e.plots and run_dir is not None:
         progress.phase("plots")
@@ -224,11 +275,27 @@ def _evaluate(config: cfg.Config, networks: dict[str, Any], train_set: Any, test
         progress.advance()
         _save_plot(lambda p: plot_filters(networks["trained"].cpu(), p), filters)
         progress.advance()
-        _save_plot(lambda p: plot_neighbours(train_set, test_set, features["trained"][0],
-                                             features["trained"][1], p, seed=config.seed),
-                   neighbours)
+        picks, found = _neighbours(*features["trained"], device, e.chunk_mb, seed=config.seed)
+        _save_plot(lambda p: plot_neighbours(train_set, test_set, picks, found, p), neighbours)
         progress.advance()
     return {"results": results, "details": details}
+
+
+def _neighbours(train: FeatureStore, test: FeatureStore, device: torch.device, chunk_mb: float,
+                queries: int = 8, k: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random test images and their ``k`` nearest training images, in standardised features."""
+    g = torch.Generator().manual_seed(seed)
+    picks = torch.randperm(len(test), generator=g)[:queries]
+    everything = torch.zeros(len(train), dtype=torch.int64)  # every row, labelled or not
+    bank = Rows.labelled(train, everything, chunk_mb)
+    mean, std = statistics(bank)
+    order = picks.sort()
+    query = Rows(test, order.values.numpy(), torch.zeros(len(picks), dtype=torch.int64),
+                 bank.chunk).standardised(mean, std)
+    found = torch.cat([where for _, where in nearest(bank.standardised(mean, std), query, k,
+                                                     device)])
+    found = torch.as_tensor(bank.index)[found]  # bank positions are training indices here
+    return order.values, found
 
 
 def stale_name(name: str) -> str:
