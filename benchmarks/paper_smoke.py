@@ -1,7 +1,7 @@
 """A few steps of the authors' recipe (``--preset paper``) on a generated ImageNet-layout folder.
 
 ``python -m benchmarks.paper_smoke`` writes a folder of ImageNet-like JPEGs
-(about 500 x 375, random content in class folders), trains the paper preset on
+(about 500 x 375, photograph-like, in class folders), trains the paper preset on
 it for a few steps in a fresh process (AlexNet at 224 px, Sobel, targets in
 R^2048, Hungarian per batch, summed loss) and reports steps/s and images/s after
 a warm-up, the process's peak RSS and, on CUDA, the peak GPU memory. It proves
@@ -23,26 +23,17 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import typer
-from PIL import Image
+
+from benchmarks.loader import write_jpeg_folder
 
 CLASSES = 10
 
 
 def write_folder(root: Path, images: int, size: tuple[int, int] = (500, 375), seed: int = 0,
                  classes: int = CLASSES) -> Path:
-    """An ImageNet-layout folder ``root/train/<class>/*.jpg`` of smooth random JPEGs."""
-    rng = np.random.default_rng(seed)
-    w, h = size
-    for i in range(images):
-        folder = root / "train" / f"n{i % classes:08d}"
-        folder.mkdir(parents=True, exist_ok=True)
-        # a coarse random field upsampled: JPEG-like content (not white noise, which
-        # compresses and decodes unlike photographs)
-        coarse = rng.integers(0, 256, (h // 25 + 1, w // 25 + 1, 3), dtype=np.uint8)
-        image = Image.fromarray(coarse).resize((w, h), Image.BILINEAR)
-        image.save(folder / f"{i:06d}.jpg", quality=90)
+    """An ImageNet-layout folder ``root/train/<class>/*.jpg`` of photograph-like JPEGs."""
+    write_jpeg_folder(root / "train", images, size, classes=classes, seed=seed)
     return root / "train"
 
 
@@ -153,7 +144,8 @@ def report(r: dict[str, Any]) -> str:
     return (
         "### The paper preset, a few steps\n\n"
         f"`--preset paper` (AlexNet at 224 px, targets in R^2048, Hungarian per batch, summed "
-        f"loss) on generated 500 x 375 JPEGs read from disk (`data.cache=false`), batch "
+        f"loss) on generated photograph-like JPEGs of about 500 x 375 read from disk "
+        f"(`data.cache=false`), batch "
         f"{r['batch_size']}, {r['workers']} workers, on {r['device']} ({r['cpu_cores']} CPU "
         f"cores, {r['torch_threads']} torch threads): {r['steps_done']} steps, steps "
         f"{r['warmup']}..{r['steps']} timed: {rate}; peak RSS {r['peak_rss_mib']:,} MiB{gpu}.\n")

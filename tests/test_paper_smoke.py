@@ -9,7 +9,7 @@ from benchmarks.paper_smoke import write_folder
 
 def test_the_generated_folder_has_the_imagenet_layout(tmp_path):
     train = write_folder(tmp_path, images=12, size=(60, 45), classes=3)
-    assert sorted(p.name for p in train.iterdir()) == ["n00000000", "n00000001", "n00000002"]
+    assert sorted(p.name for p in train.iterdir()) == ["class00", "class01", "class02"]
     assert len(list(train.rglob("*.jpg"))) == 12
 
 
