@@ -1,4 +1,4 @@
-"""Batched augmentations on the device: random resized crops and horizontal flips."""
+"""Batched augmentations on the device: random (resized) crops and horizontal flips."""
 
 from __future__ import annotations
 
@@ -44,6 +44,49 @@ def random_resized_crop(images: torch.Tensor, generator: torch.Generator,
     grid = F.affine_grid(theta, list(images.shape), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection",
                          align_corners=False)
+
+
+def random_crop(images: torch.Tensor, generator: torch.Generator, size: int,
+                flip: bool = True, part: tuple[int, int] | None = None) -> torch.Tensor:
+    """Take a ``size`` x ``size`` crop of each image at a random offset, not resized; maybe flip.
+
+    The authors' training crops (imagenet.lua ``data.randomcrop``): every offset
+    from 0 to the image's side minus ``size`` is equally likely, and a flip has
+    probability 1/2. The random numbers come from ``generator`` on the CPU, and
+    ``part=(start, total)`` picks this part's rows of the whole batch's draws,
+    as in :func:`random_resized_crop`.
+    """
+    n, _, height, width = images.shape
+    if not 1 <= size <= min(height, width):
+        raise ValueError(f"crop size must be between 1 and the images' {height}x{width}, "
+                         f"got {size}")
+    start, total = part if part is not None else (0, n)
+    u = torch.rand(total, 3, generator=generator, dtype=torch.float64)[start:start + n]
+    top = (u[:, 0] * (height - size + 1)).long().clamp(max=height - size)
+    left = (u[:, 1] * (width - size + 1)).long().clamp(max=width - size)
+    step = torch.arange(size)
+    cols = left[:, None] + step  # [n, size]
+    if flip:
+        flipped = u[:, 2] < 0.5
+        cols = torch.where(flipped[:, None], cols.flip(1), cols)
+    rows = (top[:, None] + step).to(images.device)
+    cols = cols.to(images.device)
+    batch = torch.arange(n, device=images.device)
+    channel = torch.arange(images.shape[1], device=images.device)
+    # one gather for the whole batch: [n, 1, 1, 1], [1, c, 1, 1], [n, 1, size, 1], [n, 1, 1, size]
+    return images[batch[:, None, None, None], channel[None, :, None, None],
+                  rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def center_crop(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The centre ``size`` x ``size`` of images larger than that (a side not larger is kept).
+
+    The offsets are rounded down: 16 px on each side for 224 of 256, as imagenet.lua's
+    ``image.crop(img, 'c', 224, 224)`` of the short-side-256 image.
+    """
+    height, width = images.shape[-2:]
+    top, left = max(height - size, 0) // 2, max(width - size, 0) // 2
+    return images[..., top:top + min(size, height), left:left + min(size, width)]
 
 
 def _check_range(name: str, values: Sequence[float], upper: float = math.inf) -> None:

@@ -70,18 +70,39 @@ def build_method(config: cfg.Config, dataset: Any, device: torch.device,
 
 
 def build_network(config: cfg.Config, dataset: Any, method: Method) -> Network:
-    """Preprocessor, backbone and head for ``dataset``'s channels and ``method``'s outputs."""
+    """Preprocessor, backbone and head for ``dataset``'s channels and ``method``'s outputs.
+
+    With ``augment.crop_size`` the network is built for crops of that size and
+    centre-crops larger inputs (see :class:`~natkit.model.Network`).
+    """
     pre_spec, bb_spec = config.preprocess, config.backbone
+    size = input_size(config, dataset)  # checks augment.crop_size against the images
     preprocess = natkit.create_preprocess(pre_spec["name"], in_channels=dataset.channels,
                                           **cfg.component_options(pre_spec))
     backbone = natkit.create_backbone(bb_spec["name"], in_chans=preprocess.out_channels,
-                                      image_size=dataset.image_size,
+                                      image_size=size,
                                       **cfg.component_options(bb_spec))
     hidden = config.head.hidden if config.head.hidden is not None else backbone.default_head
     head = ProjectionHead(backbone.num_features, hidden, method.head_dim,
                           config.head.dropout, config.head.batchnorm,
                           config.head.dropout_where)
-    return Network(preprocess, backbone, head, method.normalize)
+    return Network(preprocess, backbone, head, method.normalize,
+                   input_size=config.augment.crop_size)
+
+
+def input_size(config: cfg.Config, dataset: Any) -> int:
+    """The side of the network's input: ``augment.crop_size``, else the dataset's images.
+
+    Refuses (ConfigError) a crop larger than the images it is taken from.
+    """
+    crop, size = config.augment.crop_size, int(dataset.image_size)
+    if crop is None:
+        return size
+    if crop > size:
+        raise ConfigError(f"augment.crop_size: {crop} is larger than the {size} px images of "
+                          f"data '{config.data['name']}'; set it to at most {size} or raise "
+                          "data.image_size")
+    return crop
 
 
 def initial_network(config: cfg.Config, dataset: Any, method: Method | None = None) -> Network:

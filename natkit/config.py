@@ -111,11 +111,18 @@ class HeadConfig:
 class AugmentConfig:
     """Augmentations applied on the device to every training batch."""
 
+    crop_size: int | None = option(
+        None, "null: random resized crops (crop_scale, crop_ratio) resized back to the loaded "
+              "size; a number: random crop_size x crop_size crops of the loaded image, not "
+              "resized (the authors' 224 of 256), and the network sees the centre crop at "
+              "evaluation; at most the dataset's image size", ge=1)
     crop_scale: list[float] = option(
         [0.5, 1.0], "random resized crop: range [low, high] of the crop's area as a fraction of "
-                    "the image", gt=0.0, le=1.0, length=2, ordered=True)
+                    "the image (unused when crop_size is set)", gt=0.0, le=1.0, length=2,
+        ordered=True)
     crop_ratio: list[float] = option([0.75, 1.3333], "random resized crop: aspect-ratio range "
-                                                     "[low, high]", gt=0.0, length=2, ordered=True)
+                                                     "[low, high] (unused when crop_size is set)",
+                                     gt=0.0, length=2, ordered=True)
     flip: bool = option(True, "random horizontal flips")
 
 

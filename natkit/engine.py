@@ -28,7 +28,7 @@ from rich.console import Console
 
 import natkit
 from natkit import config as cfg
-from natkit.augment import random_resized_crop
+from natkit.augment import random_crop, random_resized_crop
 from natkit.builders import build_method, initial_network, load_dataset, pick_device, read_run_config
 from natkit.checkpoint import (
     CHECKPOINT,
@@ -343,9 +343,13 @@ class Run:
         a = self.config.augment
         b = self.config.train.batch_size
         # loaders hand over uint8 where the images are stored so: floats are made on the device
-        x = random_resized_crop(to_float(to_device(images, self.device)), self.augment_generator,
-                                a.crop_scale, a.crop_ratio, a.flip,
-                                part=(self.comm.rank * (b // self.comm.world_size), b))
+        x = to_device(images, self.device)
+        part = (self.comm.rank * (b // self.comm.world_size), b)
+        if a.crop_size is not None:  # the authors' fixed-size crops, cut before the floats
+            x = to_float(random_crop(x, self.augment_generator, a.crop_size, a.flip, part=part))
+        else:
+            x = random_resized_crop(to_float(x), self.augment_generator, a.crop_scale,
+                                    a.crop_ratio, a.flip, part=part)
         x = x.contiguous(memory_format=self.memory_format)
         amp = self.config.train.amp and self.device.type == "cuda"
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):

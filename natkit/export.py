@@ -24,7 +24,7 @@ import torch
 
 import natkit
 from natkit import config as cfg
-from natkit.builders import load_dataset, read_run_config
+from natkit.builders import input_size, load_dataset, read_run_config
 from natkit.checkpoint import CHECKPOINT, load_checkpoint
 from natkit.errors import CheckpointError
 from natkit.evaluation.checks import require_finite
@@ -67,15 +67,20 @@ def export(run_dir: Path, out: Path, *, force: bool = False) -> dict[str, Any]:
     preprocess = natkit.create_preprocess(config.preprocess["name"], in_channels=dataset.channels,
                                           **cfg.component_options(config.preprocess))
     options = {k: v for k, v in config.backbone.items() if k != "name"}
+    size = input_size(config, dataset)  # augment.crop_size: the centre crop of the loaded image
+    note = ("the weights expect the preprocessor's output (e.g. 2 Sobel channels), computed "
+            "from images scaled to [0, 1]")
+    if size != dataset.image_size:
+        note += (f", {size} px: the centre {size}x{size} of images loaded at "
+                 f"{dataset.image_size} px")
     info = {
         "backbone": name,
         "options": options,
         "in_chans": preprocess.out_channels,
-        "image_size": dataset.image_size,
+        "image_size": size,
         "input": {"preprocess": config.preprocess, "from_channels": dataset.channels,
-                  "note": "the weights expect the preprocessor's output (e.g. 2 Sobel channels), "
-                          "computed from images scaled to [0, 1]"},
-        "load_with": _how_to_load(name, options, preprocess.out_channels, dataset.image_size),
+                  "note": note},
+        "load_with": _how_to_load(name, options, preprocess.out_channels, size),
         "epochs_trained": int(state["epoch"]),
         "natkit_version": natkit.__version__,
         "source": str(run_dir),

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from natkit.augment import center_crop
 
 DROPOUT_PLACES = ("before_each", "between")
 
@@ -40,16 +43,41 @@ class ProjectionHead(nn.Sequential):
         super().__init__(*layers)
 
 
+class CentreCrop:
+    """Forward pre-hook that centre-crops a module's input to ``size`` where it is larger."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def __call__(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+        x, *rest = args
+        if max(x.shape[-2:]) <= self.size:
+            return None
+        return (center_crop(x, self.size), *rest)
+
+
 class Network(nn.Module):
-    """The whole model of a run; ``normalize`` puts outputs on the unit sphere."""
+    """The whole model of a run; ``normalize`` puts outputs on the unit sphere.
+
+    ``input_size`` is the side of the images it is built for when it trains on
+    crops of larger images (``augment.crop_size``). Larger inputs are centre-cropped
+    to it on their way into ``preprocess`` (a forward pre-hook there), so whatever
+    feeds the network (evaluation features, BatchNorm recalibration, a method's
+    outputs of the whole dataset, the transfer probe) sees the centre crop of each
+    image, and training crops pass unchanged. None takes every input as it is.
+    It is a plain attribute: the state_dict holds the same keys either way.
+    """
 
     def __init__(self, preprocess: nn.Module, backbone: nn.Module, head: nn.Module,
-                 normalize: bool) -> None:
+                 normalize: bool, input_size: int | None = None) -> None:
         super().__init__()
         self.preprocess = preprocess
         self.backbone = backbone
         self.head = head
         self.normalize = normalize
+        self.input_size = input_size
+        if input_size is not None:
+            preprocess.register_forward_pre_hook(CentreCrop(input_size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.head(self.backbone(self.preprocess(x)))

@@ -34,9 +34,9 @@ AUTHORS = [
     ("head.batchnorm", True, "alexnet.lua: nn.BatchNormalization after fc6 and fc7"),
     ("head.dropout", 0.5, "alexnet.lua: config.dropout or 0.5"),
     ("head.dropout_where", "between", "alexnet.lua makeclassifierlayer: one Dropout, after fc6"),
-    ("data.image_size", 224, "main.lua: config.cropsize = 224"),
+    ("data.image_size", 256, "main.lua:50 config.imsize = 256, imagenet.lua: short side scaled"),
+    ("augment.crop_size", 224, "main.lua:51 config.cropsize = 224, imagenet.lua: random crop"),
     ("augment.flip", True, "imagenet.lua: random horizontal flip"),
-    ("augment.crop_ratio", [1.0, 1.0], "imagenet.lua: square random crops"),
     ("train.batch_size", 256, "main.lua: -batch 256"),
     ("train.epochs", 100, "main.sh: -maxepoch 100"),
     ("train.lr", 0.01, "main.lua: -lr 0.01, passed once to tnt.SGDEngine"),
@@ -62,9 +62,11 @@ def test_the_paper_preset_holds_the_authors_value(host, dotted, value, source):
 def test_where_the_paper_preset_differs_from_the_authors_it_says_so():
     text = presets.text("paper")
     # each known difference is written next to the field it concerns
-    for topic in ("random 224 crop", "test.lua", "24 data threads"):
+    for topic in ("test.lua", "24 data threads"):
         assert topic in text, topic
-    assert text.count("# differs:") == 3
+    assert text.count("# differs:") == 2
+    # the crops are theirs; what remains (the loader's centre square) is noted beside them
+    assert "256x256 square" in text
 
 
 def test_the_paper_head_is_the_authors_classifier_layer_by_layer(host):
@@ -132,7 +134,7 @@ def test_the_summed_loss_is_the_batch_times_the_mean(tiny_config):
     torch.testing.assert_close(total, 16 * mean)  # train.batch_size=16 in the tiny config
 
 
-def test_a_few_steps_of_the_paper_preset_on_a_folder_of_224px_images(host, tmp_path):
+def test_a_few_steps_of_the_paper_preset_on_224px_crops_of_256px_images(host, tmp_path):
     for c in ("cat", "dog"):
         (tmp_path / "data" / c).mkdir(parents=True)
         for i in range(6):
@@ -144,4 +146,6 @@ def test_a_few_steps_of_the_paper_preset_on_a_folder_of_224px_images(host, tmp_p
     run = engine.start(c, tmp_path / "run")
     assert run.train()
     assert run.model.head[-1].out_features == 2048 and run.model.backbone.stem == "imagenet"
+    assert run.dataset.image_size == 256 and run.model.input_size == 224
+    assert run.model.backbone.out_size == 6  # conv5 pooled to 6x6: built for 224 px inputs
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 2  # 9 images, b = 4
