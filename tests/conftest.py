@@ -22,6 +22,24 @@ def _index_cache(tmp_path_factory):
         yield
 
 
+@pytest.fixture(autouse=True)
+def _deterministic_mode_stays_in_its_test():
+    """A run with `deterministic: true` switches torch's process-wide mode: undo it after."""
+    before = torch.are_deterministic_algorithms_enabled()
+    yield
+    torch.use_deterministic_algorithms(before)
+
+
+@pytest.fixture
+def full_float32(monkeypatch):
+    """CUDA convolutions and matmuls in full float32, not TF32: layouts then round alike."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    yield
+    torch.set_float32_matmul_precision(precision)
+
+
 @pytest.fixture
 def natkit_host():
     """A fresh plugin host (built-ins only) installed as natkit's host for one test."""

@@ -134,8 +134,8 @@ def test_a_run_on_crops_resumes_mid_epoch_exactly(tiny_config, tmp_path, host):
 
 
 @pytest.mark.parametrize("switch", ["train.channels_last=true", "train.compile=true"])
-def test_speed_switches_train_the_same_on_crops(switch, tiny_config, tmp_path):
-    crops = ("train.epochs=1", "data.image_size=20", "augment.crop_size=16")
+def test_speed_switches_train_the_same_on_crops(switch, tiny_config, tmp_path, full_float32):
+    crops = ("train.epochs=1", "data.image_size=20", "augment.crop_size=16", EXACT)
     plain = engine.start(tiny_config(*crops), tmp_path / "plain")
     fast = engine.start(tiny_config(*crops, switch), tmp_path / "fast")
     plain.train()

@@ -196,9 +196,11 @@ def _losses(run):
 
 
 @pytest.mark.parametrize("switch", ["train.channels_last=true", "train.compile=true"])
-def test_speed_switches_compute_the_same_training(switch, tiny_config, tmp_path):
-    plain = engine.start(tiny_config("train.epochs=1"), tmp_path / "plain")
-    fast = engine.start(tiny_config("train.epochs=1", switch), tmp_path / "fast")
+def test_speed_switches_compute_the_same_training(switch, tiny_config, tmp_path, full_float32):
+    # deterministic kernels: on CUDA, cudnn.benchmark's free choice of algorithms differed by
+    # 0.2% in the loss after two steps (H200), more than the switch is allowed to change
+    plain = engine.start(tiny_config("train.epochs=1", EXACT), tmp_path / "plain")
+    fast = engine.start(tiny_config("train.epochs=1", EXACT, switch), tmp_path / "fast")
     assert _losses(fast) == pytest.approx(_losses(plain), rel=1e-4)
     # the checkpoint is the same whatever the switch: plain parameter names, same tensors
     a = load_checkpoint(tmp_path / "plain" / "checkpoint.pt")["model"]

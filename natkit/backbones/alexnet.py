@@ -93,7 +93,11 @@ class AlexNet(Backbone):
         x = self.forward_features(x)
         if min(x.shape[-2:]) >= 3:
             x = F.max_pool2d(x, 3, 2)
-        return torch.flatten(F.adaptive_max_pool2d(x, self.out_size), 1)
+        if x.shape[-2:] != (self.out_size, self.out_size):  # an input of another size
+            # (skipped at the built size, where it is the identity: its CUDA backward has no
+            # deterministic kernel, so `deterministic: true` would fail on every step)
+            x = F.adaptive_max_pool2d(x, self.out_size)
+        return torch.flatten(x, 1)
 
 
 def create(*, in_chans: int = 3, image_size: int = 224,
