@@ -1,4 +1,5 @@
-"""``python -m benchmarks TABLE... | all | speed``: run tables, write their results and RESULTS.md."""
+"""``python -m benchmarks TABLE... | all | speed | report``: run tables, write their results and
+RESULTS.md; ``report`` rebuilds the tables, figures, verdicts and RESULTS.md from the CSVs."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import typer
 from rich.console import Console
 
 from benchmarks import report
-from benchmarks.harness import curve_summary, curve_verdict, run_table, verdict
+from benchmarks.harness import run_table
 from benchmarks.tables import SCALES, TABLES
 from natkit import config as cfg
 from natkit.errors import NatkitError
@@ -46,7 +47,9 @@ def _steps_per_run(scale: str, extra: tuple[str, ...]) -> str:
 @app.command()
 def main(
     names: Annotated[list[str], typer.Argument(
-        help=f"Tables to run ({', '.join(TABLES)}), 'speed', or 'all' (every table and speed).",
+        help=f"Tables to run ({', '.join(TABLES)}), 'speed', 'all' (every table and speed), "
+             "or 'report' (rebuild every table's .md and .png and RESULTS.md from the CSVs, "
+             "training nothing).",
         metavar="TABLE...")],
     scale: Annotated[str, typer.Option(help="tiny (2 CPU cores, no download) or paper "
                                             "(the authors' recipe; needs --set data.root=...).")]
@@ -66,7 +69,7 @@ def main(
     = False,
 ) -> None:
     """Reproduce the paper's ablation tables at small scale, and time the code."""
-    valid = [*TABLES, "speed", "all"]
+    valid = [*TABLES, "speed", "all", "report"]
     unknown = [n for n in names if n not in valid]
     if unknown:
         typer.echo(f"error: unknown table '{unknown[0]}'; valid: {', '.join(valid)}", err=True)
@@ -75,6 +78,13 @@ def main(
         typer.echo(f"error: --scale: unknown scale '{scale}'; valid: {', '.join(SCALES)}",
                    err=True)
         raise typer.Exit(2)
+    if "report" in names:
+        if len(names) > 1:
+            typer.echo("error: 'report' runs alone (it trains nothing)", err=True)
+            raise typer.Exit(2)
+        _report(out / scale, results or (Path("benchmarks/RESULTS.md") if out == DEFAULT_OUT
+                                         and scale == "tiny" else out / scale / "RESULTS.md"))
+        return
     keys = list(TABLES) if "all" in names else [n for n in names if n in TABLES]
     with_speed = "all" in names or "speed" in names
     seeds = seeds or (3 if scale == "tiny" else 1)
@@ -82,8 +92,8 @@ def main(
     target = out / scale
     target.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    sections, findings = [], []
-    refresh: list[tuple[str, str, Path]] = []  # tables to update in RESULTS.md outside 'all'
+    sections: list[tuple[str, str, Path]] = []  # the speed section, for 'all'
+    measured_any = False
     run_seconds: dict[str, float] = {}  # a run shared by several tables is counted once
     try:
         for key in keys:
@@ -94,18 +104,9 @@ def main(
                 continue
             t0 = time.perf_counter()
             measured = run_table(table, scale, seeds, extra, runs / scale, console)
-            seconds = sum(m.seconds for m in measured)
             run_seconds.update((m.run_dir, m.seconds) for m in measured)
-            section = report.table_markdown(table, measured, seconds, seeds)
-            (target / f"{key}.md").write_text(section)
             report.write_csv(measured, target / f"{key}.csv")
-            report.plot_table(table, measured, target / f"{key}.png")
-            sections.append((section, table.title, target / f"{key}.png"))
-            refresh.append((table.title, section, target / f"{key}.png"))
-            findings += [f"- {claim.text}: {verdict(claim, measured)}" for claim in table.claims]
-            if table.curve_epochs:
-                findings.append(f"- accuracy grows with epochs, then saturates: "
-                                f"{curve_verdict(curve_summary(measured))}")
+            measured_any = True
             console.print(f"[{key}] done in {(time.perf_counter() - t0) / 60:.1f} min "
                           f"-> {target / (key + '.md')}", highlight=False)
     except NatkitError as exc:
@@ -136,17 +137,21 @@ def main(
     # there (or into the file --results names)
     results_file = results or (Path("benchmarks/RESULTS.md") if out == DEFAULT_OUT
                                and scale == "tiny" else None)
-    if ("all" not in names and refresh and results_file is not None
-            and results_file.is_file()):  # the other sections stay as measured
-        text = results_file.read_text()
-        for title, section, png in refresh:
-            figure = f"{section}\n![{title}]({os.path.relpath(png, results_file.parent)})\n"
-            text = report.replace_table_section(text, title, figure)
-        results_file.write_text(text)
-        console.print(f"updated {len(refresh)} table(s) in {results_file}", highlight=False)
     if "all" in names:
-        path = results or (Path("benchmarks/RESULTS.md") if scale == "tiny"
-                           else target / "RESULTS.md")
+        results_file = results or (Path("benchmarks/RESULTS.md") if scale == "tiny"
+                                   else target / "RESULTS.md")
+    if measured_any or "all" in names:
+        # verdicts are adjusted across the whole suite, so every table in the folder is redone
+        anchor = results_file.parent if results_file is not None else target
+        tables, verdicts = report.rebuild(target, anchor)
+    if ("all" not in names and measured_any and results_file is not None
+            and results_file.is_file()):  # the header and speed stay as measured
+        results_file.write_text(report.refresh_results(results_file.read_text(), tables,
+                                                       verdicts))
+        console.print(f"updated {len(tables)} table(s) and the verdicts in {results_file}",
+                      highlight=False)
+    if "all" in names:
+        path = results_file
         command = " ".join(["python -m benchmarks", *names, "--scale", scale, "--seeds",
                             str(seeds), *(f"--set {shlex.quote(o)}" for o in extra)])
         header = {
@@ -156,13 +161,29 @@ def main(
             "minutes": (time.perf_counter() - started) / 60, "scale": scale,
             "compute_minutes": sum(run_seconds.values()) / 60,
             "scale_about": "; ".join(SCALES[scale]) + _steps_per_run(scale, extra),
-            "summary": findings,
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        figures = [f"{text}\n![{title}]({os.path.relpath(png, path.parent)})\n"
-                   for text, title, png in sections]
-        path.write_text(report.results_markdown(figures, header))
+        figures = [section for _, section in tables]
+        figures += [f"{text}\n![{title}]({os.path.relpath(png, path.parent)})\n"
+                    for text, title, png in sections]
+        path.write_text(report.results_markdown(figures, header, verdicts))
         console.print(f"wrote {path}", highlight=False)
+
+
+def _report(folder: Path, results_file: Path) -> None:
+    """Rebuild every table's .md and .png, the verdicts and RESULTS.md from the CSVs."""
+    if not any(folder.glob("*.csv")):
+        typer.echo(f"error: no table CSVs in {folder}", err=True)
+        raise typer.Exit(1)
+    tables, verdicts = report.rebuild(folder, results_file.parent)
+    if results_file.is_file():
+        text = report.refresh_results(results_file.read_text(), tables, verdicts)
+    else:
+        text = report.fresh_results(folder, results_file.parent, tables, verdicts)
+    results_file.parent.mkdir(parents=True, exist_ok=True)
+    results_file.write_text(text)
+    console.print(f"rebuilt {len(tables)} table(s) in {folder} and {results_file} from the CSVs",
+                  highlight=False)
 
 
 if __name__ == "__main__":

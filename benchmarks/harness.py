@@ -13,13 +13,14 @@ import json
 import math
 import statistics
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
-from benchmarks.tables import SCALES, Claim, Table
+from benchmarks.stats import Paired, decide, holm, paired
+from benchmarks.tables import RANDOM_INIT, SCALES, TABLES, Claim, Table
 from natkit import builders, engine
 from natkit import config as cfg
 from natkit.checkpoint import CHECKPOINT, atomic_write_json
@@ -27,8 +28,6 @@ from natkit.evaluation.protocol import evaluate_run
 from natkit.evaluation.snapshots import evaluate_snapshot
 
 RECORD = "bench.json"
-# two standard errors wider than this (3 points) cannot call two settings on par
-ON_PAR_RESOLUTION = 0.03
 
 
 @dataclass
@@ -181,34 +180,92 @@ def summarise(measurements: list[Measurement], metric: str, which: str = "traine
     return {label: Stat.of(v) for label, v in values.items()}
 
 
-def per_seed(measurements: list[Measurement], label: str, metric: str) -> list[float]:
-    """The values of ``metric`` for one setting, one per seed."""
-    return [m.trained[metric] for m in measurements if m.setting == label and metric in m.trained]
+@dataclass(frozen=True)
+class Finding:
+    """One claim checked on one probe: the paired test, its Holm-adjusted p-values, the verdict.
+
+    ``verdict`` is about a - b ("better", "worse", "on par", "too few seeds to tell" or
+    "not measured"); :attr:`against_paper` says what it means for the paper's claim.
+    """
+
+    table: str
+    claim: Claim
+    metric: str
+    test: Paired | None
+    p_holm: float = math.nan
+    p_equivalent_holm: float = math.nan
+    verdict: str = "not measured"
+
+    @property
+    def against_paper(self) -> str:
+        if self.verdict in ("not measured", "too few seeds to tell"):
+            return "not shown"
+        if self.claim.kind == "on_par":
+            return "reproduced" if self.verdict == "on par" else "not reproduced: they differ"
+        return {"better": "reproduced", "worse": "contradicted"}.get(
+            self.verdict, "not reproduced: on par")
 
 
-def verdict(claim: Claim, measurements: list[Measurement]) -> str:
-    """Whether the measurements show the paper's claim, by a two-standard-error rule."""
-    a, b = per_seed(measurements, claim.a, claim.metric), per_seed(measurements, claim.b,
-                                                                    claim.metric)
-    if not a or not b:
-        return "not measured"
-    diff = statistics.fmean(a) - statistics.fmean(b)
-    if len(a) < 2 or len(b) < 2:
-        return f"one seed only: difference {100 * diff:+.1f} points, no error bar"
-    se = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
-    shown = f"{claim.a} - {claim.b} = {100 * diff:+.1f} ± {100 * se:.1f} points"
-    if claim.kind == "greater":
-        if diff > 2 * se and diff > 0:
-            return f"reproduced ({shown})"
-        if diff < -2 * se:
-            return f"contradicted ({shown})"
-        return f"not shown at this scale: within noise ({shown})"
-    if abs(diff) > max(2 * se, 0.01):
-        return f"not reproduced: they differ ({shown})"
-    # "no difference" means something only when a real one could have been seen
-    if 2 * se > ON_PAR_RESOLUTION:
-        return f"not shown at this scale: too noisy to tell ({shown})"
-    return f"reproduced: on par ({shown})"
+def claim_values(table: Table, claim: Claim, metric: str, measurements: list[Measurement]
+                 ) -> tuple[list[int], list[float], list[float]]:
+    """The seeds both sides of ``claim`` were measured on, and each side's value per seed."""
+    def value(m: Measurement, label: str) -> float | None:
+        if table.curve_epochs:
+            epochs = sorted(m.curve)
+            epoch = epochs[-1] if label == "last" and epochs else int(label)
+            return m.curve.get(epoch, {}).get(metric)
+        if label == RANDOM_INIT:
+            return m.random_init.get(metric)
+        if metric not in m.trained:
+            return None
+        if claim.effect:
+            base = m.random_init.get(metric)
+            return None if base is None else m.trained[metric] - base
+        return m.trained[metric]
+
+    def side(label: str) -> dict[int, float]:
+        setting = claim.a if label == RANDOM_INIT else label
+        out = {}
+        for m in measurements:  # a curve table has one setting, its claims compare epochs
+            if (table.curve_epochs or m.setting == setting) and (v := value(m, label)) is not None:
+                out[m.seed] = v
+        return out
+
+    a, b = side(claim.a), side(claim.b)
+    seeds = sorted(set(a) & set(b))
+    return seeds, [a[s] for s in seeds], [b[s] for s in seeds]
+
+
+def assess(suite: dict[str, list[Measurement]]) -> list[Finding]:
+    """Every claim of the measured tables on every probe, Holm-adjusted across the suite.
+
+    Each comparison contributes its difference test and its equivalence test; the two
+    cannot both have a true null hypothesis, so they count as one comparison in the
+    adjustment (:func:`benchmarks.stats.holm`).
+    """
+    findings: list[Finding] = []
+    for key, measurements in suite.items():
+        table = TABLES[key]
+        measured = ({k for m in measurements for e in m.curve.values() for k in e}
+                    | {k for m in measurements for k in m.trained})
+        for claim in table.claims:
+            for metric in claim.metrics:
+                if metric not in measured:
+                    continue
+                seeds, a, b = claim_values(table, claim, metric, measurements)
+                findings.append(Finding(key, claim, metric, paired(a, b) if seeds else None))
+    tested = [i for i, f in enumerate(findings) if f.test is not None and f.test.n > 1]
+    pvalues = [p for i in tested for p in (findings[i].test.p, findings[i].test.p_equivalent)]
+    adjusted = holm(pvalues, [i for i in tested for _ in range(2)])
+    out = list(findings)
+    for j, i in enumerate(tested):
+        f = findings[i]
+        p, p_eq = adjusted[2 * j], adjusted[2 * j + 1]
+        out[i] = replace(f, p_holm=p, p_equivalent_holm=p_eq, verdict=decide(f.test, p, p_eq))
+    for i, f in enumerate(out):
+        if f.test is not None and f.test.n < 2:
+            out[i] = replace(f, verdict="too few seeds to tell")
+    return out
 
 
 def curve_summary(measurements: list[Measurement]) -> dict[int, dict[str, Stat]]:
@@ -222,7 +279,8 @@ def curve_summary(measurements: list[Measurement]) -> dict[int, dict[str, Stat]]
 
 
 def curve_verdict(summary: dict[int, dict[str, Stat]], key: str = "linear_test") -> str:
-    """Whether accuracy grows with epochs, then saturates (the paper's figure)."""
+    """The curve's shape, described from the means (saturation is not tested: the growth
+    itself is a claim of the table, checked paired by seed like the others)."""
     epochs = [e for e in summary if key in summary[e]]
     if len(epochs) < 3:
         return "not measured"
@@ -230,11 +288,14 @@ def curve_verdict(summary: dict[int, dict[str, Stat]], key: str = "linear_test")
     mid = epochs[len(epochs) // 2]
     early = summary[mid][key].mean - first.mean
     late = last.mean - summary[mid][key].mean
-    grows = last.mean - first.mean
     span = (f"epoch {epochs[0]} {first}% -> epoch {mid} {summary[mid][key]}% -> "
             f"epoch {epochs[-1]} {last}%")
-    if grows <= 0:
-        return f"not reproduced: no growth ({span})"
-    if late < early:
-        return f"reproduced: grows, and gains less in the later epochs ({span})"
-    return f"grows but does not saturate yet ({span})"
+    gains = (f"{100 * early:+.1f} points over epochs {epochs[0]}-{mid}, {100 * late:+.1f} over "
+             f"{mid}-{epochs[-1]}")
+    if late <= 0 < early:
+        shape = "flat or falling in the later epochs"
+    elif late < early:
+        shape = "gains less in the later epochs"
+    else:
+        shape = "still rising at the last epoch, no saturation in sight"
+    return f"{shape} ({gains}; means, not tested: {span})"

@@ -1,9 +1,16 @@
-"""Markdown, CSV and PNG outputs of the benchmark tables, and RESULTS.md."""
+"""Markdown, CSV and PNG outputs of the benchmark tables, and RESULTS.md.
+
+Everything here is rebuilt from the tables' CSVs (one row per run, seed and probe), so
+``python -m benchmarks report`` can redo the tables, figures and verdicts without
+training anything.
+"""
 
 from __future__ import annotations
 
 import csv
+import math
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,64 +20,207 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from benchmarks.harness import (
+    Finding,
     Measurement,
+    assess,
     curve_summary,
     curve_verdict,
     summarise,
-    verdict,
 )
-from benchmarks.tables import Table
+from benchmarks.stats import ALPHA, EQUIVALENCE_MARGIN, paired
+from benchmarks.tables import RANDOM_INIT, TABLES, Table
 
-METRIC_NAMES = {"linear": "linear probe", "knn": "kNN", "mlp": "MLP probe",
-                "classifier": "classifier (supervised)"}
+METRIC_NAMES = {"classifier": "classifier (supervised)", "linear": "linear probe",
+                "knn": "kNN", "mlp": "MLP probe", "linear_test": "linear probe (test split)"}
+VERDICTS_HEADING = "## Verdicts"
 
 
-def table_markdown(table: Table, measurements: list[Measurement], seconds: float,
-                   seeds: int) -> str:
-    """A table section: the grid's mean ± std over seeds beside the paper, and the verdicts."""
+def verdict_rule(comparisons: int | None = None) -> str:
+    """The rule every verdict follows, in words (RESULTS.md and docs/benchmarks.md)."""
+    many = f"all {comparisons} comparisons" if comparisons else "all the comparisons"
+    return (
+        "Verdicts are paired by seed: seed s of every setting shares the initialisation, the "
+        "data order and the targets, so two settings are compared on their per-seed "
+        "differences a - b, with a 95% t interval on n - 1 degrees of freedom (n seeds). "
+        "Where a claim says \"own effect\", each setting enters as its trained accuracy minus "
+        "its random init's (what training adds), because its settings change the input and "
+        "with it the random-init baseline. A comparison is **better** or **worse** when a "
+        "two-sided paired t test rejects \"no difference\"; **on par** only when two "
+        "one-sided tests (TOST) show the difference to lie within "
+        f"±{100 * EQUIVALENCE_MARGIN:.0f} points (about the binomial standard error of one "
+        "accuracy on the 1,000 test images, and below the seed-to-seed spread of a setting); "
+        "and **too few seeds to tell** otherwise: failing to find a difference is not "
+        f"evidence of none. Each claim is checked on every probe measured, and the p-values "
+        f"are adjusted by Holm's method across {many} of the suite (a comparison's difference "
+        "and equivalence tests cannot both have a true null hypothesis, so they count once); "
+        f"the verdict uses the adjusted p-value at {ALPHA}, the raw one is shown beside it. "
+        "The interval shown is unadjusted: one that excludes 0 can still end in \"too few "
+        "seeds to tell\" after the adjustment.")
+
+
+# ---------------------------------------------------------------- reading back
+
+
+def read_csv(path: Path) -> list[Measurement]:
+    """The measurements of a table's CSV (as :func:`write_csv` wrote them), one per run."""
+    runs: dict[tuple[str, int], Measurement] = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            key = (row["setting"], int(row["seed"]))
+            m = runs.setdefault(key, Measurement(key[0], key[1], {}, {},
+                                                 float(row["seconds"] or 0), ""))
+            if row["epoch"]:
+                m.curve.setdefault(int(row["epoch"]), {})[row["metric"]] = float(row["trained"])
+                continue
+            m.trained[row["metric"]] = float(row["trained"])
+            if row["random_init"]:
+                m.random_init[row["metric"]] = float(row["random_init"])
+    for m in runs.values():
+        m.curve = dict(sorted(m.curve.items()))
+    return list(runs.values())
+
+
+def read_suite(folder: Path) -> dict[str, list[Measurement]]:
+    """Every table with a CSV in ``folder``, in the order of TABLES."""
+    return {key: read_csv(folder / f"{key}.csv") for key in TABLES
+            if (folder / f"{key}.csv").is_file()}
+
+
+# ---------------------------------------------------------------- markdown
+
+
+def _points(x: float, signed: bool = True) -> str:
+    return f"{100 * x:+.1f}" if signed else f"{100 * x:.1f}"
+
+
+def _interval(values_a: list[float], values_b: list[float]) -> str:
+    """a - b paired by position: mean [95% CI] in points, or the mean alone for one seed."""
+    if not values_a:
+        return "-"
+    test = paired(values_a, values_b)
+    if test.n < 2:
+        return f"{_points(test.mean)} (one seed)"
+    return f"{_points(test.mean)} [{_points(test.low)}, {_points(test.high)}]"
+
+
+def _p(raw: float, adjusted: float) -> str:
+    if math.isnan(raw):
+        return "-"
+
+    def fmt(p: float) -> str:
+        return "<0.001" if p < 0.001 else f"{p:.3f}"
+    return f"{fmt(raw)} ({fmt(adjusted)})"
+
+
+def _sides(f: Finding) -> str:
+    """What a finding subtracts, in words."""
+    c = f.claim
+    if TABLES[f.table].curve_epochs:
+        return f"epoch {c.a} - epoch {c.b}"
+    if c.b == RANDOM_INIT:
+        return f"{c.a} - its random init"
+    own = ", each its own effect (trained - random init)" if c.effect else ""
+    return f"{c.a} - {c.b}{own}"
+
+
+def findings_lines(findings: list[Finding], with_table: bool = False) -> list[str]:
+    """A markdown table of findings: the difference, its p-values and the verdict."""
+    header = ["claim", "probe", "compared", "difference, points [95% CI]",
+              "p, difference (Holm)", "p, equivalence (Holm)", "verdict", "the paper's claim"]
+    if with_table:
+        header.insert(0, "table")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for f in findings:
+        t = f.test
+        diff = "-" if t is None else (
+            f"{_points(t.mean)} (one seed)" if t.n < 2 else
+            f"{_points(t.mean)} [{_points(t.low)}, {_points(t.high)}]")
+        cells = [f.claim.text, METRIC_NAMES.get(f.metric, f.metric), _sides(f), diff,
+                 "-" if t is None else _p(t.p, f.p_holm),
+                 "-" if t is None else _p(t.p_equivalent, f.p_equivalent_holm),
+                 f"**{f.verdict}**", f.against_paper]
+        if with_table:
+            cells.insert(0, TABLES[f.table].title.split(":")[0])
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _seeds(measurements: list[Measurement]) -> int:
+    return len({m.seed for m in measurements})
+
+
+def _seconds(measurements: list[Measurement]) -> float:
+    return sum(m.seconds for m in measurements)
+
+
+def table_markdown(table: Table, measurements: list[Measurement], findings: list[Finding],
+                   seconds: float | None = None, seeds: int | None = None) -> str:
+    """A table section: every probe for the trained network and its random init, and the
+    difference, beside the paper; then the claims, with their verdicts over the suite."""
+    seconds = _seconds(measurements) if seconds is None else seconds
+    seeds = _seeds(measurements) if seeds is None else seeds
     lines = [f"### {table.title}", "", table.about, ""]
     if table.curve_epochs:
         lines += _curve_lines(measurements)
     else:
         lines += _grid_lines(table, measurements)
+    own = [f for f in findings if f.table == table.key]
+    if own:
+        lines += ["", "Claims checked, paired by seed (the rule is at the top of RESULTS.md; "
+                      "p-values adjusted across the whole suite):", "", *findings_lines(own)]
+    if table.curve_epochs:
+        lines += ["", f"The curve's shape: {curve_verdict(curve_summary(measurements))}."]
     lines += ["", f"{seeds} seed(s); accuracies in %, mean ± standard deviation over seeds; "
+                  "differences in points, paired by seed, with a 95% t interval; "
                   f"{seconds / 60:.1f} min of compute for this table.", ""]
     return "\n".join(lines)
 
 
+def _probes(measurements: list[Measurement]) -> list[str]:
+    found = {k for m in measurements for k in m.trained}
+    return [p for p in METRIC_NAMES if p in found] + sorted(found - set(METRIC_NAMES))
+
+
 def _grid_lines(table: Table, measurements: list[Measurement]) -> list[str]:
-    stats = {metric: summarise(measurements, metric) for metric in table.metrics}
-    baseline_metric = next((m for m in table.metrics if m != "classifier"), None)
-    baseline = summarise(measurements, baseline_metric, "random_init") if baseline_metric else {}
-    header = ["setting", *(METRIC_NAMES[m] for m in table.metrics)]
-    if baseline:
-        header.append(f"random init ({METRIC_NAMES[baseline_metric]})")
-    header.append("paper (reported)")
+    probes = _probes(measurements)
+    header = ["setting", "probe", "trained", "random init", "trained - random init",
+              "paper (reported)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for setting in table.settings:
-        cells = [setting.label, *(str(stats[m].get(setting.label, "-")) for m in table.metrics)]
-        if baseline:
-            cells.append(str(baseline.get(setting.label, "-")))
-        cells.append(setting.paper or "-")
-        lines.append("| " + " | ".join(cells) + " |")
-    if table.claims:
-        lines += ["", "Findings checked (a difference counts when it exceeds two standard "
-                      "errors over seeds; settings are on par when they differ by less, and two "
-                      "standard errors are within 3 points):", ""]
-        lines += [f"- {claim.text}: **{verdict(claim, measurements)}**" for claim in table.claims]
+        runs = [m for m in measurements if m.setting == setting.label]
+        first = True
+        for probe in probes:
+            trained = [m.trained[probe] for m in runs if probe in m.trained]
+            if not trained:
+                continue
+            both = [m for m in runs if probe in m.trained and probe in m.random_init]
+            base = summarise(runs, probe, "random_init").get(setting.label)
+            cells = [setting.label if first else "", METRIC_NAMES.get(probe, probe),
+                     str(summarise(runs, probe)[setting.label]), str(base or "-"),
+                     _interval([m.trained[probe] for m in both],
+                               [m.random_init[probe] for m in both]),
+                     (setting.paper or "-") if first else ""]
+            lines.append("| " + " | ".join(cells) + " |")
+            first = False
+        if first:
+            lines.append(f"| {setting.label} | - | - | - | - | {setting.paper or '-'} |")
     return lines
 
 
 def _curve_lines(measurements: list[Measurement]) -> list[str]:
     summary = curve_summary(measurements)
-    lines = ["| epochs | linear probe, train split | linear probe, test split |",
-             "|---|---|---|"]
+    lines = ["| epochs | linear probe, train split | linear probe, test split | "
+             "test split - epoch 0 |", "|---|---|---|---|"]
+    first = min(summary) if summary else 0
     for epoch, values in summary.items():
         label = f"{epoch} (random init)" if epoch == 0 else str(epoch)
+        both = [m for m in measurements if "linear_test" in m.curve.get(epoch, {})
+                and "linear_test" in m.curve.get(first, {})]
+        gain = "-" if epoch == first else _interval(
+            [m.curve[epoch]["linear_test"] for m in both],
+            [m.curve[first]["linear_test"] for m in both])
         lines.append(f"| {label} | {values.get('linear_train', '-')} | "
-                     f"{values.get('linear_test', '-')} |")
-    lines += ["", f"Finding checked: accuracy grows with epochs, then saturates: "
-                  f"**{curve_verdict(summary)}**"]
+                     f"{values.get('linear_test', '-')} | {gain} |")
     return lines
 
 
@@ -94,8 +244,9 @@ def write_csv(measurements: list[Measurement], path: Path) -> None:
 
 
 def plot_table(table: Table, measurements: list[Measurement], path: Path) -> None:
-    """A bar chart with error bars, or the accuracy-vs-epochs curve."""
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    """Bars for every probe, trained and at random init, with error bars; or the
+    accuracy-vs-epochs curve."""
+    fig, ax = plt.subplots(figsize=(7, 4.4))
     if table.curve_epochs:
         summary = curve_summary(measurements)
         epochs = list(summary)
@@ -108,30 +259,63 @@ def plot_table(table: Table, measurements: list[Measurement], path: Path) -> Non
         ax.legend()
     else:
         labels = [s.label for s in table.settings]
-        metrics = table.metrics
-        width = 0.8 / len(metrics)
-        for i, metric in enumerate(metrics):
-            stats = summarise(measurements, metric)
+        probes = _probes(measurements)
+        bars = [(p, w) for p in probes for w in ("trained", "random_init")
+                if any(p in (m.trained if w == "trained" else m.random_init)
+                       for m in measurements)]
+        width = 0.8 / max(len(bars), 1)
+        colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+        for i, (probe, which) in enumerate(bars):
+            stats = summarise(measurements, probe, which)
             xs = [j + i * width for j in range(len(labels))]
+            colour = colours[probes.index(probe) % len(colours)]
             ax.bar(xs, [100 * stats[lab].mean if lab in stats else 0 for lab in labels], width,
                    yerr=[100 * stats[lab].std if lab in stats else 0 for lab in labels],
-                   capsize=3, label=METRIC_NAMES[metric])
-        ax.set_xticks([j + width * (len(metrics) - 1) / 2 for j in range(len(labels))], labels)
-        # the bar a trained network has to clear: the same network at random init
-        baseline = [m.random_init["linear"] for m in measurements if "linear" in m.random_init]
-        if baseline:
-            ax.axhline(100 * sum(baseline) / len(baseline), color="black", linestyle="--",
-                       linewidth=1, label="random init (linear probe)")
+                   capsize=2, color=colour, alpha=1.0 if which == "trained" else 0.35,
+                   hatch=None if which == "trained" else "//", edgecolor=colour,
+                   label=f"{METRIC_NAMES.get(probe, probe)}"
+                         f"{'' if which == 'trained' else ', random init'}")
+        ax.set_xticks([j + width * (len(bars) - 1) / 2 for j in range(len(labels))], labels)
         ax.set_ylabel("accuracy (%)")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.1))
     ax.set_title(table.title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def results_markdown(sections: list[str], header: dict[str, Any]) -> str:
-    """RESULTS.md: how it was made, on what, then every section."""
+def verdicts_section(findings: list[Finding], curve_lines: list[str] = ()) -> str:
+    """RESULTS.md's verdicts: the rule, then every claim on every probe."""
+    tested = sum(1 for f in findings if f.test is not None and f.test.n > 1)
+    return "\n".join([
+        VERDICTS_HEADING, "", verdict_rule(tested), "",
+        *findings_lines(findings, with_table=True), "", *curve_lines, ""])
+
+
+def rebuild(folder: Path, relative_to: Path) -> tuple[list[tuple[str, str]], str]:
+    """Rewrite every table's .md and .png in ``folder`` from its CSV (no training).
+
+    Returns each table's (title, section with its figure linked relative to
+    ``relative_to``) and the verdicts section, for RESULTS.md.
+    """
+    suite = read_suite(folder)
+    findings = assess(suite)
+    sections, curves = [], []
+    for key, measurements in suite.items():
+        table = TABLES[key]
+        section = table_markdown(table, measurements, findings)
+        (folder / f"{key}.md").write_text(section)
+        plot_table(table, measurements, folder / f"{key}.png")
+        png = os.path.relpath(folder / f"{key}.png", relative_to)
+        sections.append((table.title, f"{section}\n![{table.title}]({png})\n"))
+        if table.curve_epochs:
+            curves.append(f"- {table.title}, the curve's shape: "
+                          f"{curve_verdict(curve_summary(measurements))}")
+    return sections, verdicts_section(findings, curves)
+
+
+def results_markdown(sections: list[str], header: dict[str, Any], verdicts: str = "") -> str:
+    """RESULTS.md: how it was made, on what, the verdicts, then every section."""
     lines = [
         "# natkit benchmark results",
         "",
@@ -140,6 +324,9 @@ def results_markdown(sections: list[str], header: dict[str, Any]) -> str:
         "```bash",
         header["command"],
         "```",
+        "",
+        "(`python -m benchmarks report` rebuilds the tables, figures and verdicts from the "
+        "CSVs without training.)",
         "",
         f"- machine: {header['machine']}",
         f"- software: {header['software']}",
@@ -157,10 +344,40 @@ def results_markdown(sections: list[str], header: dict[str, Any]) -> str:
         "validation split of the training images, the test split is used once).",
         "",
     ]
-    if header.get("summary"):
-        lines += ["## What reproduces at this scale", "", *header["summary"], ""]
+    if verdicts:
+        lines += [verdicts]
     lines += ["## Tables", ""]
     return "\n".join(lines) + "\n" + "\n".join(sections)
+
+
+def fresh_results(folder: Path, relative_to: Path, sections: list[tuple[str, str]],
+                  verdicts: str) -> str:
+    """A RESULTS.md for a folder of CSVs that has none: the verdicts, the tables, and the
+    speed section if the folder holds one."""
+    lines = ["# natkit benchmark results", "",
+             f"Rebuilt from the CSVs in `{folder}` by `python -m benchmarks report`; how and "
+             "where they were measured is not recorded here.", "", verdicts, "## Tables", "",
+             *(section for _, section in sections)]
+    speed = folder / "speed.md"
+    if speed.is_file():
+        png = os.path.relpath(folder / "speed.png", relative_to)
+        lines.append(f"{speed.read_text()}\n![solver speed]({png})\n")
+    return "\n".join(lines)
+
+
+def refresh_results(results: str, sections: list[tuple[str, str]], verdicts: str) -> str:
+    """RESULTS.md text with its verdicts and the given tables' sections replaced; the rest
+    (header, other tables, speed) stays as it was."""
+    for title, section in sections:
+        results = replace_table_section(results, title, section)
+    old = re.search(r"^## (Verdicts|What reproduces at this scale)\n.*?(?=^## )", results,
+                    flags=re.M | re.S)
+    if old:
+        return results[:old.start()] + verdicts + "\n" + results[old.end():]
+    tables = results.find("\n## Tables\n")
+    if tables >= 0:
+        return results[:tables + 1] + verdicts + "\n" + results[tables + 1:]
+    return results
 
 
 SPEED_HEADING = "### Speed: the assignment solvers and the cost of NAT"

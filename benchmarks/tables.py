@@ -40,18 +40,29 @@ class Setting:
     paper: str = ""
 
 
+# ``Claim.b`` naming this compares a setting with its own network at random init
+RANDOM_INIT = "random init"
+
+
 @dataclass(frozen=True)
 class Claim:
-    """A finding of the paper, checked on the measured numbers.
+    """A finding of the paper, checked on the measured numbers, paired by seed.
 
-    ``kind`` is ``greater`` (``a`` beats ``b``) or ``on_par`` (no real difference).
+    ``kind`` is ``greater`` (``a`` beats ``b``) or ``on_par`` (no real difference). ``b``
+    is another setting, or :data:`RANDOM_INIT` for ``a``'s own network before training.
+    The claim is checked on each of ``metrics`` that was measured. With ``effect``, each
+    setting enters as its trained accuracy minus its random init's (what training itself
+    adds), which is the fair comparison when the settings change the input or the
+    architecture and so the random-init baseline. In a curve table ``a`` and ``b`` name
+    epochs ("last" for the run's last one; 0 is the random init).
     """
 
     text: str
     kind: str
     a: str
     b: str
-    metric: str
+    metrics: tuple[str, ...] = ("linear", "knn", "mlp")
+    effect: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,7 +73,7 @@ class Table:
     title: str
     about: str
     settings: tuple[Setting, ...]
-    metrics: tuple[str, ...]
+    metrics: tuple[str, ...]  # what the figure shows; the tables show every probe measured
     claims: tuple[Claim, ...] = ()
     curve_epochs: tuple[int, ...] = ()  # a curve table probes one run at these epochs, 0 and the last
     figure: bool = False  # the paper has a figure for it: draw one
@@ -94,9 +105,9 @@ _add(Table(
               Setting("square", (*SUPERVISED, "method.loss=square"), "on par")),
     metrics=("classifier", "linear"),
     claims=(Claim("softmax and square loss are on par", "on_par", "softmax", "square",
-                  "classifier"),
-            Claim("softmax and square loss give features on par (linear probe)", "on_par",
-                  "softmax", "square", "linear")),
+                  ("classifier",)),
+            Claim("softmax and square loss give features on par", "on_par", "softmax",
+                  "square")),
 ))
 
 _add(Table(
@@ -109,11 +120,11 @@ _add(Table(
               Setting("sobel", (*SUPERVISED, "preprocess.name=sobel"), "on par")),
     metrics=("classifier", "linear"),
     claims=(Claim("clean and Sobel inputs are on par (supervised)", "on_par", "clean", "sobel",
-                  "classifier"),
+                  ("classifier",)),
             Claim("high-pass and Sobel inputs are on par (supervised)", "on_par", "high-pass",
-                  "sobel", "classifier"),
-            Claim("clean and Sobel inputs give features on par (supervised, linear probe)",
-                  "on_par", "clean", "sobel", "linear")),
+                  "sobel", ("classifier",)),
+            Claim("clean and Sobel inputs give features on par (supervised)", "on_par",
+                  "clean", "sobel")),
 ))
 
 _add(Table(
@@ -125,8 +136,12 @@ _add(Table(
     settings=(Setting("clean", ("preprocess.name=clean",), "worse"),
               Setting("sobel", ("preprocess.name=sobel",), "used by the paper")),
     metrics=("linear", "knn"),
-    claims=(Claim("Sobel input beats clean input under NAT", "greater", "sobel", "clean",
-                  "linear"),),
+    claims=(Claim("NAT's features beat random init's (Sobel input, the default)", "greater",
+                  "sobel", RANDOM_INIT),
+            # the input changes the random-init baseline (57.9 vs 25.6, linear probe): what
+            # NAT itself adds is the comparison that speaks about NAT
+            Claim("NAT gains more over random init with Sobel input than with clean input",
+                  "greater", "sobel", "clean", effect=True)),
 ))
 
 _add(Table(
@@ -140,9 +155,9 @@ _add(Table(
               Setting("basis k=10", ("targets.name=basis", "targets.k=10"), "-")),
     metrics=("linear", "knn"),
     claims=(Claim("sphere targets beat discrete targets (k = d)", "greater", "sphere",
-                  "basis k=32", "linear"),
+                  "basis k=32"),
             Claim("sphere targets beat discrete targets (k = 10)", "greater", "sphere",
-                  "basis k=10", "linear")),
+                  "basis k=10")),
 ))
 
 _add(Table(
@@ -156,10 +171,9 @@ _add(Table(
               Setting("every 10", ("method.permute_every=10",), "-"),
               Setting("never", ("method.permute_every=0",), "clearly worse")),
     metrics=("linear", "knn"),
-    claims=(Claim("reassigning every 3 epochs beats a fixed P", "greater", "every 3", "never",
-                  "linear"),
+    claims=(Claim("reassigning every 3 epochs beats a fixed P", "greater", "every 3", "never"),
             Claim("reassigning every 3 epochs beats every epoch", "greater", "every 3",
-                  "every 1", "linear")),
+                  "every 1")),
 ))
 
 _add(Table(
@@ -171,6 +185,8 @@ _add(Table(
     settings=(Setting("nat", (), "grows, then saturates"),),
     metrics=("linear",),
     curve_epochs=(1, 2, 4, 8),  # and the run's last epoch
+    claims=(Claim("the linear probe grows with epochs (last epoch against epoch 0, random init)",
+                  "greater", "last", "0", ("linear_test",)),),
     figure=True,
     base=("eval.probes=[linear]",),
 ))
@@ -186,8 +202,8 @@ _add(Table(
               Setting("sinkhorn", ("solver.name=sinkhorn",)),
               Setting("greedy", ("solver.name=greedy",))),
     metrics=("linear", "knn"),
-    claims=(Claim("the two exact solvers give the same features", "on_par", "hungarian", "emd",
-                  "linear"),),
+    claims=(Claim("the two exact solvers give the same features", "on_par", "hungarian",
+                  "emd"),),
 ))
 
 _add(Table(
@@ -214,6 +230,6 @@ _add(Table(
               Setting("sela", ("method=sela", "method.clusters=32"))),
     metrics=("linear", "knn"),
     claims=(Claim("NAT and SeLa give features on par (a question: neither paper claims it)",
-                  "on_par", "nat", "sela", "linear"),),
+                  "on_par", "nat", "sela"),),
     needs=(("method", "sela", "plugins/natkit-sela"),),
 ))

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import csv
+import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
+from scipy import stats
 from typer.testing import CliRunner
 
+from benchmarks import report
 from benchmarks.__main__ import app
-from benchmarks.harness import Measurement, Stat, measure, verdict
-from benchmarks.tables import TABLES, Claim
+from benchmarks.harness import Measurement, Stat, assess, claim_values, measure
+from benchmarks.stats import EQUIVALENCE_MARGIN, decide, holm, paired
+from benchmarks.tables import RANDOM_INIT, TABLES, Claim
 
 runner = CliRunner()
 
@@ -96,24 +102,214 @@ def test_unknown_names_exit_2(host):
     assert result.exit_code == 2 and "unknown table 'tabel'" in result.stderr
 
 
-def m(label, seed, value):
-    return Measurement(label, seed, {"linear": value}, {}, 1.0, "")
+def m(label, seed, value, base=None):
+    return Measurement(label, seed, {"linear": value}, {} if base is None else {"linear": base},
+                       1.0, "")
 
 
-def test_verdicts_follow_the_two_standard_error_rule():
-    better = [m("a", s, 0.80 + 0.01 * s) for s in range(3)] + \
-             [m("b", s, 0.60 + 0.01 * s) for s in range(3)]
-    assert verdict(Claim("", "greater", "a", "b", "linear"), better).startswith("reproduced")
-    assert verdict(Claim("", "greater", "b", "a", "linear"), better).startswith("contradicted")
-    assert verdict(Claim("", "on_par", "a", "b", "linear"), better).startswith("not reproduced")
-    noisy = [m("a", s, v) for s, v in enumerate([0.5, 0.7, 0.6])] + \
-            [m("b", s, v) for s, v in enumerate([0.55, 0.65, 0.6])]
-    assert "within noise" in verdict(Claim("", "greater", "a", "b", "linear"), noisy)
-    assert "too noisy to tell" in verdict(Claim("", "on_par", "a", "b", "linear"), noisy)
-    tight = [m("a", s, v) for s, v in enumerate([0.600, 0.605, 0.610])] + \
-            [m("b", s, v) for s, v in enumerate([0.602, 0.607, 0.603])]
-    assert verdict(Claim("", "on_par", "a", "b", "linear"), tight).startswith("reproduced")
-    assert "one seed" in verdict(Claim("", "greater", "a", "b", "linear"), better[:1] + better[3:4])
+# ---------------------------------------------------------------- paired statistics
+
+
+def test_paired_interval_and_p_match_a_hand_computed_case():
+    # differences 1, 2, 3: mean 2, sd 1, se 1/sqrt(3), t = 2 sqrt(3) on 2 degrees of freedom,
+    # whose CDF is 1/2 + t / (2 sqrt(t^2 + 2)); the 97.5% quantile of t(2) is 4.302653
+    test = paired([3.0, 5.0, 7.0], [2.0, 3.0, 4.0])
+    assert test.df == 2 and test.n == 3
+    assert test.mean == pytest.approx(2.0) and test.sd == pytest.approx(1.0)
+    t = 2 * math.sqrt(3)
+    assert test.p == pytest.approx(1 - t / math.sqrt(t * t + 2), rel=1e-9)  # 0.074180
+    half = 4.302652729749464 / math.sqrt(3)  # with 3 degrees of freedom it would be 3.182
+    assert (test.low, test.high) == pytest.approx((2 - half, 2 + half), rel=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1)), min_size=2, max_size=12))
+def test_paired_agrees_with_scipy(pairs):
+    a, b = [x for x, _ in pairs], [y for _, y in pairs]
+    diffs = np.subtract(a, b)
+    if np.std(diffs) < 1e-6:
+        return  # no spread: scipy's t is undefined there
+    test = paired(a, b)
+    ref = stats.ttest_rel(a, b)
+    assert test.df == ref.df == len(a) - 1
+    assert test.p == pytest.approx(ref.pvalue, rel=1e-6, abs=1e-12)
+    ci = ref.confidence_interval(0.95)
+    assert (test.low, test.high) == pytest.approx((ci.low, ci.high), rel=1e-6, abs=1e-9)
+    # TOST: the larger of the two one-sided p-values against -margin and +margin
+    lower = stats.ttest_1samp(diffs, -EQUIVALENCE_MARGIN, alternative="greater").pvalue
+    upper = stats.ttest_1samp(diffs, EQUIVALENCE_MARGIN, alternative="less").pvalue
+    assert test.p_equivalent == pytest.approx(max(lower, upper), rel=1e-6, abs=1e-12)
+
+
+def test_paired_edge_cases():
+    one = paired([0.5], [0.4])
+    assert one.n == 1 and math.isnan(one.p) and decide(one, math.nan, math.nan).startswith("too")
+    same = paired([0.6, 0.7, 0.5], [0.6, 0.7, 0.5])  # identical runs (the two exact solvers)
+    assert same.p == 1.0 and same.p_equivalent == 0.0 and (same.low, same.high) == (0.0, 0.0)
+    shifted = paired([0.7, 0.8, 0.6], [0.6, 0.7, 0.5])  # the same gain on every seed
+    assert shifted.p == 0.0 and shifted.p_equivalent == 1.0
+    with pytest.raises(ValueError):
+        paired([0.1, 0.2], [0.1])
+
+
+def test_holm_matches_hand_computed_cases():
+    # sorted 0.01, 0.03, 0.04 times 3, 2, 1 = 0.03, 0.06, 0.04 -> monotone 0.03, 0.06, 0.06
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])
+    nan = holm([0.01, math.nan])
+    assert nan[0] == pytest.approx(0.01) and math.isnan(nan[1])
+    # two comparisons, each with a difference and an equivalence p-value: counted once each
+    assert holm([0.01, 0.9, 0.02, 0.8], groups=[0, 0, 1, 1]) == pytest.approx(
+        [0.02, 1.0, 0.04, 1.0])
+    assert holm([0.01, 0.9, 0.02, 0.8]) == pytest.approx([0.04, 1.0, 0.06, 1.0])
+
+
+def test_decisions():
+    sure = paired([0.80, 0.82, 0.81, 0.83], [0.60, 0.61, 0.62, 0.60])
+    assert decide(sure, sure.p, sure.p_equivalent) == "better"
+    flip = paired([0.60, 0.61, 0.62, 0.60], [0.80, 0.82, 0.81, 0.83])
+    assert decide(flip, flip.p, flip.p_equivalent) == "worse"
+    close = paired([0.600, 0.605, 0.610, 0.604], [0.602, 0.603, 0.608, 0.606])
+    assert decide(close, close.p, close.p_equivalent) == "on par"
+    noisy = paired([0.5, 0.7, 0.6], [0.55, 0.65, 0.6])
+    assert decide(noisy, noisy.p, noisy.p_equivalent) == "too few seeds to tell"
+    # the adjusted p-values decide: significant alone, not after a correction
+    assert decide(sure, 0.2, 1.0) == "too few seeds to tell"
+
+
+def test_pairing_by_seed_sees_what_unpaired_errors_hide():
+    # a large seed-to-seed spread shared by both settings, and a steady 1.5-point gain
+    base = [0.50, 0.60, 0.70, 0.55, 0.65]
+    suite = {"period": [m("every 3", s, v + 0.015) for s, v in enumerate(base)]
+             + [m("never", s, v) for s, v in enumerate(base)]}
+    suite["period"][1].trained["linear"] += 0.001  # not all differences equal
+    found = [f for f in assess(suite) if f.claim.b == "never"]
+    assert [f.verdict for f in found] == ["better"] and found[0].against_paper == "reproduced"
+    unpaired_se = math.sqrt(2 * np.var(base, ddof=1) / len(base))
+    assert found[0].test.mean < 2 * unpaired_se  # the old two-standard-error rule: noise
+
+
+def test_holm_applies_across_the_suite():
+    a = [0.70, 0.72, 0.69]
+    b = [0.60, 0.66, 0.58]  # raw p about 0.028 on 2 degrees of freedom
+    one = {"targets": [m("sphere", s, v) for s, v in enumerate(a)]
+           + [m("basis k=32", s, v) for s, v in enumerate(b)]}
+    alone = [f for f in assess(one) if f.test is not None]
+    assert len(alone) == 1 and alone[0].verdict == "better"
+    many = dict(one, period=[m(label, s, v) for label in ("every 1", "every 3", "never")
+                             for s, v in enumerate(a)])
+    crowded = [f for f in assess(many) if f.table == "targets" and f.claim.b == "basis k=32"]
+    assert crowded[0].test.p == alone[0].test.p == alone[0].p_holm
+    # three comparisons in the suite (the two period claims tie exactly, so they are on par)
+    assert crowded[0].p_holm == pytest.approx(3 * alone[0].test.p)
+    assert crowded[0].verdict == "too few seeds to tell"
+    assert {f.verdict for f in assess(many) if f.table == "period"} == {"on par"}
+
+
+def test_claims_on_the_own_effect_subtract_each_settings_random_init():
+    ms = [m("sobel", s, 0.68 + 0.01 * s, 0.58) for s in range(3)] + \
+         [m("clean", s, 0.22, 0.26 - 0.01 * s) for s in range(3)]
+    table = TABLES["preprocess_nat"]
+    effect = Claim("", "greater", "sobel", "clean", ("linear",), effect=True)
+    seeds, a, b = claim_values(table, effect, "linear", ms)
+    assert seeds == [0, 1, 2]
+    assert a == pytest.approx([0.10, 0.11, 0.12]) and b == pytest.approx([-0.04, -0.03, -0.02])
+    against_init = Claim("", "greater", "sobel", RANDOM_INIT, ("linear",))
+    _, a, b = claim_values(table, against_init, "linear", ms)
+    assert a == pytest.approx([0.68, 0.69, 0.70]) and b == pytest.approx([0.58] * 3)
+    # seeds are paired by their number, whatever the order of the measurements
+    _, a, b = claim_values(table, effect, "linear", ms[::-1])
+    assert a == pytest.approx([0.10, 0.11, 0.12])
+
+
+# ---------------------------------------------------------------- the report, from CSVs
+
+
+def _synthetic_csvs(folder):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    nat = []
+    for seed in range(3):
+        nat += [Measurement("clean", seed, {"linear": 0.22 + 0.01 * seed, "knn": 0.16},
+                            {"linear": 0.26, "knn": 0.20}, 50.0, ""),
+                Measurement("sobel", seed, {"linear": 0.68 + 0.01 * seed, "knn": 0.52,
+                                            "mlp": 0.70}, {"linear": 0.58, "knn": 0.57,
+                                                           "mlp": 0.60}, 60.0, "")]
+    report.write_csv(nat, folder / "preprocess_nat.csv")
+    solver = [Measurement(label, seed, {"linear": v, "knn": v - 0.1}, {"linear": 0.58,
+                                                                        "knn": 0.57}, 30.0, "")
+              for seed in range(3) for label, v in
+              (("hungarian", 0.68 + 0.01 * seed), ("emd", 0.68 + 0.01 * seed),
+               ("sinkhorn", 0.6 + rng.uniform(0, 0.1)), ("greedy", 0.65))]
+    report.write_csv(solver, folder / "solver.csv")
+    curve = [Measurement("nat", seed, {}, {}, 100.0, "",
+                         {e: {"linear_train": 0.9, "linear_test": 0.55 + 0.01 * e + 0.003 * seed}
+                          for e in (0, 1, 2, 4, 8, 12)}) for seed in range(3)]
+    report.write_csv(curve, folder / "epochs.csv")
+    return nat, solver, curve
+
+
+def test_csvs_read_back_as_they_were_written(tmp_path):
+    nat, _, curve = _synthetic_csvs(tmp_path)
+    back = report.read_csv(tmp_path / "preprocess_nat.csv")
+    assert [(x.setting, x.seed) for x in back] == [(x.setting, x.seed) for x in nat]
+    for x, y in zip(back, nat, strict=True):
+        assert x.trained == pytest.approx(y.trained)
+        assert x.random_init == pytest.approx(y.random_init)
+    again = report.read_csv(tmp_path / "epochs.csv")
+    assert [list(x.curve) for x in again] == [[0, 1, 2, 4, 8, 12]] * 3
+    assert again[0].curve[12]["linear_test"] == pytest.approx(curve[0].curve[12]["linear_test"])
+
+
+def test_report_rebuilds_tables_and_results_from_csvs_without_training(tmp_path):
+    folder = tmp_path / "results" / "tiny"
+    _synthetic_csvs(folder)
+    results = tmp_path / "RESULTS.md"
+    result = runner.invoke(app, ["report", "--out", str(tmp_path / "results"),
+                                 "--results", str(results)])
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "runs").exists()
+    section = (folder / "preprocess_nat.md").read_text()
+    # every probe, trained and at random init, and the paired difference
+    assert "| sobel | linear probe | 69.0 ± 1.0 | 58.0 ± 0.0 | +11.0 [+8.5, +13.5] |" in section
+    assert "|  | kNN | 52.0 ± 0.0 | 57.0 ± 0.0 | -5.0 [-5.0, -5.0] |" in section
+    assert "|  | MLP probe | 70.0 ± 0.0 | 60.0 ± 0.0 | +10.0 [" in section
+    assert "each its own effect (trained - random init)" in section  # sobel vs clean
+    assert (folder / "preprocess_nat.png").read_bytes()[:4] == b"\x89PNG"
+    text = results.read_text()
+    assert text.startswith("# natkit benchmark results") and "## Verdicts" in text
+    assert "Holm" in text and "TOST" in text and "too few seeds to tell" in text
+    assert "| hungarian - emd | +0.0 [+0.0, +0.0] |" in text and "**on par**" in text
+    assert "![Input preprocessing (NAT)](results/tiny/preprocess_nat.png)" in text
+    assert "epoch last - epoch 0" in text
+    assert "| 12 | 90.0 ± 0.0 | 67.3 ± 0.3 | +12.0 [+12.0, +12.0] |" in text
+    assert "used by the paper" in text  # the paper's column stays
+
+
+def test_report_keeps_the_header_and_speed_of_an_existing_results_md(tmp_path):
+    folder = tmp_path / "results" / "tiny"
+    _synthetic_csvs(folder)
+    results = tmp_path / "RESULTS.md"
+    title = TABLES["solver"].title
+    results.write_text("# natkit benchmark results\n\n- machine: the one it ran on\n\n"
+                       "## What reproduces at this scale\n\n- old verdicts\n\n## Tables\n\n"
+                       f"### {title}\n\nstale\n\n![x](x.png)\n\n"
+                       "### Speed: the assignment solvers and the cost of NAT\n\nspeed\n")
+    args = ["report", "--out", str(tmp_path / "results"), "--results", str(results)]
+    assert runner.invoke(app, args).exit_code == 0
+    text = results.read_text()
+    assert "- machine: the one it ran on" in text and text.endswith("speed\n")
+    assert "old verdicts" not in text and "stale" not in text and "## Verdicts" in text
+    assert text.index("## Verdicts") < text.index("## Tables") < text.index(f"### {title}")
+    assert text.index("### Input preprocessing (NAT)") < text.index("### Speed")
+    assert runner.invoke(app, args).exit_code == 0 and results.read_text() == text  # idempotent
+
+
+def test_report_needs_csvs_and_runs_alone(tmp_path):
+    empty = runner.invoke(app, ["report", "--out", str(tmp_path)])
+    assert empty.exit_code == 1 and "no table CSVs" in empty.stderr
+    mixed = runner.invoke(app, ["report", "solver", "--out", str(tmp_path)])
+    assert mixed.exit_code == 2 and "runs alone" in mixed.stderr
 
 
 def test_stats_are_mean_and_sample_std():
