@@ -167,8 +167,9 @@ class EvalConfig:
     """Evaluation of frozen features against the same network at random initialisation."""
 
     enabled: bool = option(True, "evaluate after training")
-    probes: list[Literal["linear", "mlp", "knn"]] = option(
-        ["linear", "mlp", "knn"], "probes to run: linear, mlp, knn")
+    probes: list[Literal["linear", "mlp", "knn", "transfer"]] = option(
+        ["linear", "mlp", "knn"], "probes to run: linear, mlp, knn on stored features; transfer: "
+                                  "the authors' test.lua MLP on augmented crops (transfer_*)")
     layer: str = option("last", "feature tap to probe: 'last' (the pooled output, conv5 "
                                 "for AlexNet) or a named tap such as conv3")
     tap_pool: int = option(2, "intermediate taps are average-pooled to this grid size", ge=1)
@@ -192,6 +193,37 @@ class EvalConfig:
     batch_size: int = option(256, "batch size for feature extraction and probes", ge=1)
     chunk_mb: float = option(256.0, "MiB of float32 features a probe holds at once; features "
                                     "are kept on disk (float16) and read in chunks", gt=0.0)
+    # The transfer probe: the authors' test.lua (facebookresearch/noise-as-targets), an MLP on
+    # frozen features of random crops recomputed every epoch, tested on 10 crops; batches of
+    # eval.batch_size (test.lua -batch 256). See natkit.evaluation.streamed.
+    transfer_epochs: int = option(100, "epochs of the transfer probe (test.sh -maxepoch 100; "
+                                       "test.lua's own default is 1)", ge=1)
+    transfer_lr: float = option(0.1, "initial learning rate of the transfer probe (test.lua -lr)",
+                                gt=0.0)
+    transfer_momentum: float = option(
+        0.9, "momentum of the transfer probe as optimutil.lua applies it: the step follows the "
+             "average m = momentum m + (1 - momentum) g (test.lua -momentum)", ge=0.0, lt=1.0)
+    transfer_weight_decay: float = option(
+        1e-8, "weight decay of the transfer probe: every weight but BatchNorm's and the biases "
+              "is multiplied by 1 - this at every step (test.lua -weightdecay, optimutil.lua)",
+        ge=0.0, lt=1.0)
+    transfer_gamma: float = option(
+        0.3, "decay of the transfer probe's learning rate: lr / (1 + gamma (epoch - "
+             "transfer_decay_start)) from that epoch on (test.lua -gamma, onStartEpoch)", ge=0.0)
+    transfer_decay_start: int = option(
+        20, "epoch, counted from 0, at which the transfer probe's learning rate starts to decay "
+            "(test.lua: 20)", ge=0)
+    transfer_dropout: float = option(0.5, "dropout after the first hidden layer of the transfer "
+                                          "MLP (test.lua -dropout)", ge=0.0, lt=1.0)
+    transfer_hidden: int = option(4096, "hidden width of the transfer MLP (alexnet-specs.lua: "
+                                        "4096)", ge=1)
+    transfer_crops: Literal[1, 10] = option(
+        10, "test crops per image of the transfer probe: 10 (centre and 4 corners, and the same "
+            "of the mirror image, outputs summed; test.lua) or 1 (the centre, -testsinglecrop 1)")
+    transfer_crop_fraction: float = option(
+        0.875, "side of the transfer probe's crops as a fraction of the image side when the "
+               "network was trained on whole images (augment.crop_size null; otherwise its crop "
+               "size): the authors' 224 of 256", gt=0.0, le=1.0)
 
 
 @dataclass

@@ -44,6 +44,9 @@ AUTHORS = [
     ("train.warmup_steps", 0, "main.lua: no warm-up"),
     ("train.momentum", 0.0, "main.lua: tnt.SGDEngine, plain SGD"),
     ("train.weight_decay", 0.0, "main.lua: no weight decay"),
+    ("eval.transfer_epochs", 100, "test.sh: -maxepoch 100 for the transfer MLP"),
+    ("eval.transfer_lr", 0.1, "test.lua: -lr 0.1"),
+    ("eval.transfer_crops", 10, "imagenet.lua: ten crops at test (testsinglecrop 0)"),
     ("train.keep_every", 10, "main.lua: -saveperiod 10, the model saved every 10 epochs"),
 ]
 
@@ -62,7 +65,7 @@ def test_the_paper_preset_holds_the_authors_value(host, dotted, value, source):
 def test_where_the_paper_preset_differs_from_the_authors_it_says_so():
     text = presets.text("paper")
     # each known difference is written next to the field it concerns
-    for topic in ("test.lua", "24 data threads"):
+    for topic in ("ShuffleDataset", "24 data threads"):
         assert topic in text, topic
     assert text.count("# differs:") == 2
     # the crops are theirs; what remains (the loader's centre square) is noted beside them

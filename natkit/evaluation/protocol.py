@@ -55,17 +55,21 @@ from natkit.evaluation.probes import (
     statistics,
 )
 from natkit.evaluation.store import FeatureSource, FeatureStore
+from natkit.evaluation.streamed import transfer_probe
 from natkit.progress import EvalProgress, Phase, format_seconds
 
 DETAILS = "eval.json"
 PLOTS = ("loss.png", "filters.png", "neighbours.png")
 # Files an evaluation writes into the run directory: they describe one checkpoint.
 OUTPUTS = (RESULTS, DETAILS, *PLOTS)
-PROBE_NAMES = {"linear": "linear probe", "mlp": "MLP probe", "knn": "kNN probe"}
+PROBE_NAMES = {"linear": "linear probe", "mlp": "MLP probe", "knn": "kNN probe",
+               "transfer": "transfer probe"}
 # The probes run cheapest first (they do not depend on each other's order): the MLP probe,
 # the longest, is then the only kind of phase still untimed once the first network's others
-# are done, and the remaining time can be told from its first epoch on.
-RUN_ORDER = ("knn", "linear", "mlp")
+# are done, and the remaining time can be told from its first epoch on. The transfer probe
+# reads images, not stored features, and runs the network on every batch: it comes last.
+RUN_ORDER = ("knn", "linear", "mlp", "transfer")
+STORED = ("knn", "linear", "mlp")  # the probes of stored features (run_probes)
 
 
 def run_order(probes: list[str]) -> list[str]:
@@ -98,6 +102,9 @@ def plan(config: cfg.Config, networks: list[str], train_images: int, test_images
             elif probe == "mlp":
                 phases.append(Phase(f"mlp/{which}", label, "mlp",
                                     (len(e.mlp_weight_decay) + 1) * e.mlp_epochs, "epochs"))
+            elif probe == "transfer":
+                phases.append(Phase(f"transfer/{which}", label, "transfer", e.transfer_epochs,
+                                    "epochs"))
             else:
                 phases.append(Phase(f"knn/{which}", label, "knn", len(e.knn_k) + 1,
                                     "predictions", announce_steps=False))
@@ -114,7 +121,7 @@ def run_probes(config: cfg.Config, train: tuple[torch.Tensor | FeatureSource, to
                test: tuple[torch.Tensor | FeatureSource, torch.Tensor],
                device: torch.device, *, which: str = "trained",
                progress: EvalProgress | None = None) -> dict[str, ProbeResult]:
-    """Every configured probe on one network's (features, labels) of both splits.
+    """Every configured probe of stored features on one network's (features, labels) of both splits.
 
     Features are a tensor or a feature store; rows with a negative label are left
     out. With ``progress``, each probe is the planned phase ``'<probe>/<which>'``.
@@ -122,7 +129,7 @@ def run_probes(config: cfg.Config, train: tuple[torch.Tensor | FeatureSource, to
     e = config.eval
     (train_x, train_y), (test_x, test_y) = train, test
     results: dict[str, ProbeResult] = {}
-    for probe in run_order(e.probes):
+    for probe in run_order([p for p in e.probes if p in STORED]):
         reporter: ProbeProgress | EvalProgress = QUIET
         if progress is not None:
             progress.phase(f"{probe}/{which}")
@@ -140,7 +147,26 @@ def run_probes(config: cfg.Config, train: tuple[torch.Tensor | FeatureSource, to
         else:
             results[probe] = knn_probe(train_x, train_y, test_x, test_y, ks=e.knn_k,
                                        temperature=e.knn_temperature, **common)
-    return {probe: results[probe] for probe in e.probes}
+    return {probe: results[probe] for probe in e.probes if probe in results}
+
+
+def run_transfer(config: cfg.Config, network: Any, train_set: Any, test_set: Any,
+                 device: torch.device, progress: ProbeProgress = QUIET) -> ProbeResult:
+    """The authors' transfer probe (natkit.evaluation.streamed) with the run's eval settings."""
+    e = config.eval
+    return transfer_probe(
+        network, train_set, test_set, layer=e.layer, tap_pool=e.tap_pool,
+        epochs=e.transfer_epochs, lr=e.transfer_lr, momentum=e.transfer_momentum,
+        weight_decay=e.transfer_weight_decay, gamma=e.transfer_gamma,
+        decay_start=e.transfer_decay_start, dropout=e.transfer_dropout, hidden=e.transfer_hidden,
+        batch_size=e.batch_size, crops=e.transfer_crops, crop_fraction=e.transfer_crop_fraction,
+        seed=config.seed, device=device, progress=progress)
+
+
+def _plain(result: ProbeResult) -> dict[str, Any]:
+    """A probe's result for JSON: a NaN (nothing chosen on validation) becomes null."""
+    return {k: (None if isinstance(v, float) and v != v else v)
+            for k, v in dataclasses.asdict(result).items()}
 
 
 def _save_plot(draw: Callable[[Path], object], path: Path) -> None:
@@ -243,6 +269,11 @@ def _evaluate(config: cfg.Config, networks: dict[str, Any], train_set: Any, test
     probes = {which: run_probes(config, (fx[0], train_y), (fx[1], test_y), device,
                                 which=which, progress=progress)
               for which, fx in features.items()}
+    if "transfer" in e.probes:
+        for which, net in networks.items():
+            progress.phase(f"transfer/{which}")
+            probes[which]["transfer"] = run_transfer(config, net, train_set, test_set, device,
+                                                     progress)
     results = {probe: {which: round(probes[which][probe].accuracy, 4) for which in probes}
                for probe in e.probes}
     details: dict[str, Any] = {
@@ -254,7 +285,7 @@ def _evaluate(config: cfg.Config, networks: dict[str, Any], train_set: Any, test
                           "clipped_values": sum(s.clipped for fx in features.values()
                                                 for s in fx)},
         "probe_seconds": round(time.perf_counter() - started, 1),
-        "probes": {probe: {which: dataclasses.asdict(probes[which][probe]) for which in probes}
+        "probes": {probe: {which: _plain(probes[which][probe]) for which in probes}
                    for probe in e.probes},
     }
     if classifier:  # the outputs are logits over the classes: how well do they classify?
