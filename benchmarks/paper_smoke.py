@@ -50,7 +50,7 @@ def _child(root: str, steps: int, warmup: int, batch_size: int, workers: int, de
 
     config = cfg.build(overrides=[
         *presets.as_overrides("paper"), f"data.root={root}", "data.cache=false",
-        f"train.batch_size={batch_size}", f"train.num_workers={workers}", "train.epochs=1",
+        f"train.batch_size={batch_size}", f"train.num_workers={workers}", "train.epochs=1000",
         f"device={device}", "eval.enabled=false", *extra])
     marks: dict[int, float] = {}
 
@@ -100,6 +100,9 @@ def main(
         "benchmarks/results/tiny"),
     keep_data: Annotated[Path | None, typer.Option(help="reuse or keep the generated folder "
                                                         "here")] = None,
+    images: Annotated[int | None, typer.Option(
+        help="JPEGs to generate (default: one epoch holds every step); fewer make the run "
+             "cycle over them, epoch after epoch, as long runs do")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="more config overrides")] = None,
     child: Annotated[str | None, typer.Option(hidden=True)] = None,
 ) -> None:
@@ -110,7 +113,7 @@ def main(
         print(json.dumps(_child(child, steps, warmup, batch_size, workers, device, set_ or [])))
         return
     # the folder has no test tree: the image folder holds out a fifth of each class
-    images = -(-steps * batch_size * 5 // 4) + 2 * CLASSES
+    images = images or -(-steps * batch_size * 5 // 4) + 2 * CLASSES
     with tempfile.TemporaryDirectory(prefix="natkit-paper-data-") as tmp:
         data = keep_data or Path(tmp)
         if not (data / "train").is_dir() or sum(1 for _ in (data / "train").rglob("*.jpg")) < images:
@@ -130,6 +133,7 @@ def main(
     # the child is the only child process waited for: its peak resident memory
     result["peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)
     result["cpu_cores"] = os.cpu_count()
+    result["images"] = images
     out.mkdir(parents=True, exist_ok=True)
     (out / "paper_smoke.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "paper_smoke.md").write_text(report(result))
@@ -144,7 +148,7 @@ def report(r: dict[str, Any]) -> str:
     return (
         "### The paper preset, a few steps\n\n"
         f"`--preset paper` (AlexNet at 224 px, targets in R^2048, Hungarian per batch, summed "
-        f"loss) on generated photograph-like JPEGs of about 500 x 375 read from disk "
+        f"loss) on {r['images']:,} generated photograph-like JPEGs of about 500 x 375 read from disk "
         f"(`data.cache=false`), batch "
         f"{r['batch_size']}, {r['workers']} workers, on {r['device']} ({r['cpu_cores']} CPU "
         f"cores, {r['torch_threads']} torch threads): {r['steps_done']} steps, steps "
