@@ -15,7 +15,7 @@ import benchmarks.loader as bench
 import natkit
 from benchmarks.loader import photograph, write_jpeg_folder
 from natkit.datasets import TensorImageDataset, imagefolder
-from natkit.datasets.gpu_decode import decode_batch
+from natkit.datasets.gpu_decode import EncodedBatch, decode_batch
 from natkit.datasets.images import ImageReadWarning, draft_for, load_image
 from natkit.datasets.index import folder_index, index_path
 from natkit.datasets.loader import BatchLoader
@@ -175,7 +175,11 @@ def test_the_gpu_decode_path_matches_the_cpu_one_on_the_cpu(host, tmp_path, monk
     gpu = imagefolder.create(root=str(root), image_size=32, cache=False, decode="gpu")
     cpu = imagefolder.create(root=str(root), image_size=32, cache=False)
     rows = torch.arange(len(gpu)).view(1, -1)
-    assert isinstance(gpu.raw_batch(rows[0]), list)
+    packed = gpu.raw_batch(rows[0])  # one tensor per batch crosses from a worker, not one a file
+    assert isinstance(packed, EncodedBatch) and packed.data.ndim == 1
+    files = packed.files()
+    assert [len(f) for f in files] == [gpu.path(i).stat().st_size for i in range(len(gpu))]
+    assert bytes(files[-1].numpy()) == gpu.path(len(gpu) - 1).read_bytes()
     with BatchLoader(gpu, 1, torch.Generator().manual_seed(0), torch.device("cpu")) as loader:
         (images, _, _), = loader.epoch(rows)
     expected = cpu.raw_batch(rows[0])

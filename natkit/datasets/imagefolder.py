@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from natkit.datasets.base import ImageDataset, stratified_split
+from natkit.datasets.gpu_decode import EncodedBatch
 from natkit.datasets.images import (
     UNREADABLE,
     ImageReadWarning,
@@ -137,23 +138,22 @@ class ImageFolder(ImageDataset):
             return read_bytes(self.path(index))
         return self._read(index)
 
-    def raw_batch(self, indices: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+    def raw_batch(self, indices: torch.Tensor) -> torch.Tensor | EncodedBatch:
         if self.images is not None:
             return self.images[indices]
         return self.collate_raw([self.raw_item(int(i)) for i in indices])
 
-    def collate_raw(self, items: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
-        """Stack pixels; keep encoded files (of different lengths) as a list."""
-        return list(items) if self._decodes_on_device else torch.stack(items)
+    def collate_raw(self, items: list[torch.Tensor]) -> torch.Tensor | EncodedBatch:
+        """Stack pixels; pack encoded files (of different lengths) into one tensor."""
+        return EncodedBatch.pack(items) if self._decodes_on_device else torch.stack(items)
 
-    def decode_raw(self, raw: torch.Tensor | list[torch.Tensor],
-                   device: torch.device) -> torch.Tensor:
+    def decode_raw(self, raw: torch.Tensor | EncodedBatch, device: torch.device) -> torch.Tensor:
         """Decode a batch of encoded files on ``device``; pixels pass through."""
-        if not isinstance(raw, list):
+        if not isinstance(raw, EncodedBatch):
             return raw
         from natkit.datasets.gpu_decode import decode_batch
 
-        return decode_batch(raw, self.image_size, device)
+        return decode_batch(raw.files(), self.image_size, device)
 
 
 def create(*, split: Literal["train", "test"] = "train", root: str = "data",
