@@ -197,10 +197,11 @@ class Run:
             },
         }
 
-    def _fresh_sums(self, loss: float = 0.0, changed: float = 0.0,
-                    reassigned: int = 0) -> dict[str, Any]:
+    def _fresh_sums(self, loss: float = 0.0, changed: float = 0.0, reassigned: int = 0,
+                    method: dict[str, float] | None = None) -> dict[str, Any]:
+        # method: the statistics the method's start_epoch returned for this epoch
         return {"loss": torch.tensor(loss, device=self.device), "changed": changed,
-                "reassigned": reassigned}
+                "reassigned": reassigned, "method": dict(method or {})}
 
     def save(self, *, checkpoint: bool = True, snapshot: bool = False) -> None:
         """Write checkpoint.pt (and/or this epoch's snapshot) atomically; never a non-finite network."""
@@ -215,7 +216,8 @@ class Run:
         # a run stopped mid-epoch: the epoch's record, once resumed, covers all its batches
         state["epoch_sums"] = {
             "loss": float(self.comm.mean(self._sums["loss"], "averaging the epoch's loss")),
-            "changed": self._sums["changed"], "reassigned": self._sums["reassigned"]}
+            "changed": self._sums["changed"], "reassigned": self._sums["reassigned"],
+            "method": self._sums["method"]}
         self.comm.check_same(state_fingerprint([state["method"], state["method_modules"]]),
                              "the method's state (NAT: the assignment P; its modules) at a checkpoint")
         if not self.comm.is_main:
@@ -442,6 +444,7 @@ class Run:
         prepared = self.start_epoch()
         if prepared is not None and not resumed_inside:  # else counted before the interruption
             self._reassigned(prepared, sums)
+            sums["method"] = {k: float(v) for k, v in prepared.items()}
         started = window_start = time.perf_counter()
         window_images = 0
         done_here = 0
@@ -490,6 +493,8 @@ class Run:
             "images_per_s": done_here * t.batch_size / max(seconds, 1e-9),
             "world_size": comm.world_size,
         }
+        if sums["method"]:  # all of start_epoch's statistics, not only the share changed
+            summary["method"] = sums["method"]
         metrics.write(json.dumps(summary) + "\n")  # before the checkpoint: see _truncate_metrics
         metrics.flush()
         checkpoint = self.epoch % t.checkpoint_every == 0 or self.epoch == t.epochs

@@ -109,6 +109,10 @@ def test_a_plugin_method_resumes_bit_exactly_and_prepares_each_epoch_once(with_p
     assert resumed.method.calls == [(1, 6), (2, 8)]
     assert_same_state(load_checkpoint(tmp_path / "part" / "checkpoint.pt"),
                       load_checkpoint(tmp_path / "full" / "checkpoint.pt"))
+    # start_epoch's statistics reach each epoch's record, the resumed epoch's included
+    for run in ("full", "part"):
+        epochs = [r for r in read_metrics(tmp_path / run / "metrics.jsonl") if r["kind"] == "epoch"]
+        assert [r.get("method") for r in epochs] == [{"changed": 0.5}] * 3, run
 
 
 def test_hooks_get_one_live_read_only_view_of_the_run(host, tiny_config, tmp_path):
