@@ -3,7 +3,11 @@
 Each run lives in ``runs/<hash of its resolved config>/``, so a setting shared
 by several tables (the base recipe appears in four) is trained once per seed,
 and an interrupted benchmark picks up where it stopped: finished runs are read
-back, a run with a checkpoint is resumed.
+back, a run with a checkpoint is resumed. A record measured under an older
+evaluation protocol (:data:`PROTOCOL`) is measured again, without retraining.
+A table of evaluation settings (``Table.reevaluate``, the per-layer probe)
+re-evaluates the base recipe's checkpoints; its records lie in the run's
+``reevaluated/`` folder.
 """
 
 from __future__ import annotations
@@ -23,16 +27,25 @@ from benchmarks.stats import Paired, decide, holm, paired
 from benchmarks.tables import RANDOM_INIT, SCALES, TABLES, Claim, Table
 from natkit import builders, engine
 from natkit import config as cfg
-from natkit.checkpoint import CHECKPOINT, atomic_write_json
-from natkit.evaluation.protocol import evaluate_run
+from natkit.checkpoint import CHECKPOINT, atomic_write_json, load_checkpoint
+from natkit.evaluation.protocol import evaluate, evaluate_run
 from natkit.evaluation.snapshots import evaluate_snapshot
 
 RECORD = "bench.json"
+REEVALUATED = "reevaluated"  # <run>/reevaluated/<hash of the evaluation's config>.json
+# What a record's numbers mean; bumped when the evaluation changes what it measures, so that
+# older records are evaluated again. 2: the trained network's BatchNorm statistics, too, are
+# recomputed on the unaugmented training images.
+PROTOCOL = 2
 
 
 @dataclass
 class Measurement:
-    """One (setting, seed) run: trained and random-init accuracies, and what it cost."""
+    """One (setting, seed) run: trained and random-init accuracies, and what it cost.
+
+    ``run_dir`` is the run's folder, or for a re-evaluation of a run the record's path
+    without its ``.json``.
+    """
 
     setting: str
     seed: int
@@ -41,6 +54,24 @@ class Measurement:
     seconds: float
     run_dir: str
     curve: dict[int, dict[str, float]] = field(default_factory=dict)
+
+
+def _record(result: Measurement) -> dict[str, Any]:
+    return {**result.__dict__, "protocol": PROTOCOL}
+
+
+def _read_record(path: Path, label: str) -> tuple[Measurement | None, float]:
+    """The measurement stored at ``path`` under ``label``, if measured under :data:`PROTOCOL`;
+    and the seconds it first cost (0 without a record)."""
+    if not path.exists():
+        return None, 0.0
+    stored = json.loads(path.read_text())
+    if stored.pop("protocol", 1) != PROTOCOL:
+        return None, float(stored["seconds"])
+    # the same run may be a row of several tables, under a different label in each;
+    # JSON keeps the curve's epochs as strings, which would sort "12" before "2"
+    return Measurement(**{**stored, "setting": label,
+                          "curve": {int(e): v for e, v in stored["curve"].items()}}), 0.0
 
 
 def overrides_for(table: Table, scale: str, setting_overrides: tuple[str, ...], seed: int,
@@ -57,6 +88,11 @@ def run_key(config: cfg.Config) -> str:
 def _accuracies(run_dir: Path) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
     results = json.loads((run_dir / "results.json").read_text())
     details = json.loads((run_dir / "eval.json").read_text())
+    return _split(results, details)
+
+
+def _split(results: dict[str, dict[str, float]], details: dict[str, Any]
+           ) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
     trained = {probe: accs["trained"] for probe, accs in results.items()}
     baseline = {probe: accs["random_init"] for probe, accs in results.items()
                 if "random_init" in accs}
@@ -78,16 +114,19 @@ def _train(config: cfg.Config, run_dir: Path, quiet: Console) -> None:
 
 def measure(table: Table, label: str, setting_overrides: tuple[str, ...], scale: str, seed: int,
             extra: tuple[str, ...], runs: Path) -> Measurement:
-    """Train and evaluate one setting at one seed (or read the finished run back)."""
+    """Train and evaluate one setting at one seed (or read the finished run back).
+
+    A record of an older protocol is measured again: the finished run is not retrained,
+    only evaluated, and the record keeps the seconds it first cost (training included).
+    """
+    if table.reevaluate:
+        return _reevaluate(table, label, setting_overrides, scale, seed, extra, runs)
     config = cfg.build(overrides=overrides_for(table, scale, setting_overrides, seed, extra))
     run_dir = runs / run_key(config)
     record = run_dir / RECORD
-    if record.exists():
-        stored = json.loads(record.read_text())
-        # the same run may be a row of several tables, under a different label in each;
-        # JSON keeps the curve's epochs as strings, which would sort "12" before "2"
-        return Measurement(**{**stored, "setting": label,
-                              "curve": {int(e): v for e, v in stored["curve"].items()}})
+    found, first_cost = _read_record(record, label)
+    if found is not None:
+        return found
     quiet = Console(quiet=True)
     started = time.perf_counter()
     curve: dict[int, dict[str, float]] = {}
@@ -100,9 +139,39 @@ def measure(table: Table, label: str, setting_overrides: tuple[str, ...], scale:
         _train(config, run_dir, quiet)
         evaluate_run(run_dir, console=quiet)
     trained, baseline, _ = _accuracies(run_dir)
+    result = Measurement(label, seed, trained, baseline,
+                         first_cost or time.perf_counter() - started, str(run_dir), curve)
+    atomic_write_json(record, _record(result))
+    return result
+
+
+def _reevaluate(table: Table, label: str, setting_overrides: tuple[str, ...], scale: str,
+                seed: int, extra: tuple[str, ...], runs: Path) -> Measurement:
+    """Evaluate the base recipe's run of ``seed`` (trained first if need be) with the
+    setting's evaluation overrides; ``seconds`` is the evaluation's alone."""
+    base = measure(replace(table, settings=(), reevaluate=False), label, (), scale, seed, extra,
+                   runs)
+    run_dir = Path(base.run_dir)
+    config = cfg.build(overrides=overrides_for(table, scale, setting_overrides, seed, extra))
+    trained_with = builders.read_run_config(run_dir)
+    changed = [k for k in cfg.difference(trained_with.to_dict(), config.to_dict())
+               if not k.startswith("eval.")]
+    if changed:
+        raise ValueError(f"table '{table.key}', setting '{label}': a re-evaluation may only "
+                         f"change eval.*, not {changed[0]}")
+    record = run_dir / REEVALUATED / f"{run_key(config)}.json"
+    found, _ = _read_record(record, label)
+    if found is not None:
+        return found
+    started = time.perf_counter()
+    state = load_checkpoint(run_dir / CHECKPOINT)
+    out = evaluate(replace(trained_with, eval=config.eval), state["model"],
+                   console=Console(quiet=True))
+    trained, baseline, _ = _split(out["results"], out["details"])
     result = Measurement(label, seed, trained, baseline, time.perf_counter() - started,
-                         str(run_dir), curve)
-    atomic_write_json(record, result.__dict__)
+                         str(record.with_suffix("")))
+    record.parent.mkdir(exist_ok=True)
+    atomic_write_json(record, _record(result))
     return result
 
 

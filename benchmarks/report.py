@@ -339,8 +339,9 @@ def results_markdown(sections: list[str], header: dict[str, Any], verdicts: str 
         "against the paper's text here.",
         "",
         "Each run is the full natkit pipeline (training, then the fair evaluation of "
-        "`natkit run`: the random-init network gets its BatchNorm statistics recomputed, "
-        "features are standardised with training statistics, probe settings are chosen on a "
+        "`natkit run`: both the trained network and its random init get their BatchNorm "
+        "statistics recomputed on the unaugmented training images, features are standardised "
+        "with training statistics, probe settings are chosen on a "
         "validation split of the training images, the test split is used once).",
         "",
     ]

@@ -187,6 +187,10 @@ class EvalConfig:
                               ge=1, min_len=1)
     knn_temperature: float = option(0.07, "temperature of the kNN vote weights exp(sim / T)",
                                     gt=0.0)
+    knn_normalize: list[Literal["standardize", "l2"]] = option(
+        ["standardize"], "feature normalisations the kNN probe chooses from on validation before "
+                         "its cosine: standardize (training mean and std), l2 (the raw features)",
+        min_len=1)
     baseline: bool = option(True, "also probe the network at random initialisation "
                                   "(BatchNorm statistics recomputed on the training images)")
     plots: bool = option(True, "write loss.png, filters.png and neighbours.png")

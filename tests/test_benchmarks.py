@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,17 +15,20 @@ from PIL import Image
 from scipy import stats
 from typer.testing import CliRunner
 
-from benchmarks import report
+from benchmarks import harness, report
 from benchmarks.__main__ import app
 from benchmarks.harness import Measurement, Stat, assess, claim_values, measure
 from benchmarks.stats import EQUIVALENCE_MARGIN, decide, holm, paired
-from benchmarks.tables import RANDOM_INIT, TABLES, Claim
+from benchmarks.tables import BASIS_32, RANDOM_INIT, SCALES, SPHERE, TABLES, Claim, Setting
+from natkit import builders
+from natkit import config as cfg
+from natkit.checkpoint import CHECKPOINT
 
 runner = CliRunner()
 
-# one epoch of 64 tiny images per run (targets.dim=32 so that basis k=32 is valid)
+# one epoch of 64 tiny images per run (targets.dim as each table sets it)
 MINIMAL = ["data.num_train=64", "data.num_test=40", "data.image_size=16",
-           "backbone.widths=[4,8,8,8,8]", "targets.dim=32", "train.batch_size=16",
+           "backbone.widths=[4,8,8,8,8]", "train.batch_size=16",
            "train.epochs=1", "eval.linear_iterations=10", "eval.knn_k=[1,3]", "device=cpu"]
 
 
@@ -95,6 +100,72 @@ def test_the_paper_scale_starts_on_an_image_folder(host, tmp_path):
     rows = list(csv.DictReader((tmp_path / "results" / "paper" / "epochs.csv").read_text()
                                .splitlines()))
     assert {r["epoch"] for r in rows} == {"0", "1"}
+
+
+def test_discrete_targets_are_the_basis_of_r_k_and_rows_say_k_and_d(host):
+    """The paper's discrete ablation: k one-hot targets in R^k, no output left without one."""
+    basis = 0
+    for setting in TABLES["targets"].settings:
+        targets = cfg.build(overrides=[*SCALES["tiny"], *setting.overrides]).targets
+        assert f"d={targets['dim']}" in setting.label
+        if targets["name"] == "basis":
+            basis += 1
+            assert targets["k"] == targets["dim"] and f"k={targets['k']}" in setting.label
+    assert basis == 2
+
+
+def test_a_table_of_evaluations_re_evaluates_the_base_runs_without_training(host, tmp_path,
+                                                                          monkeypatch):
+    table = TABLES["layers"]
+    first, second = table.settings[:2]
+    evaluated = []
+    evaluate = harness.evaluate
+
+    def spy(config, state, **kwargs):
+        evaluated.append(config)
+        return evaluate(config, state, **kwargs)
+
+    monkeypatch.setattr(harness, "evaluate", spy)
+    conv1 = measure(table, first.label, first.overrides, "tiny", 0, tuple(MINIMAL), tmp_path)
+    runs = list(tmp_path.iterdir())
+    assert len(runs) == 1  # the base recipe's run, the one the other tables share
+    assert (runs[0] / harness.RECORD).is_file()  # measured as itself too
+    trained_at = (runs[0] / CHECKPOINT).stat().st_mtime_ns
+    conv2 = measure(table, second.label, second.overrides, "tiny", 0, tuple(MINIMAL), tmp_path)
+    assert list(tmp_path.iterdir()) == runs
+    assert (runs[0] / CHECKPOINT).stat().st_mtime_ns == trained_at
+    assert len(list((runs[0] / harness.REEVALUATED).glob("*.json"))) == 2
+    assert set(conv1.trained) == set(conv1.random_init) == set(conv2.trained) == {"linear"}
+    assert [(c.eval.layer, c.eval.tap_pool) for c in evaluated] == [("conv1", 6), ("conv2", 3)]
+    trained_with = builders.read_run_config(runs[0])
+    assert all(cfg.difference(trained_with.to_dict(), c.to_dict()) ==
+               ["eval.layer", "eval.probes", "eval.tap_pool"] for c in evaluated)
+    monkeypatch.setattr(harness, "evaluate", None)  # read back, not evaluated again
+    again = measure(table, first.label, first.overrides, "tiny", 0, tuple(MINIMAL), tmp_path)
+    assert again.trained == conv1.trained and again.random_init == conv1.random_init
+
+
+def test_a_table_of_evaluations_changes_only_the_evaluation(host, tmp_path):
+    table = replace(TABLES["layers"], settings=(Setting("faster", ("train.lr=0.1",)),))
+    with pytest.raises(ValueError, match="may only change eval"):
+        measure(table, "faster", ("train.lr=0.1",), "tiny", 0, tuple(MINIMAL), tmp_path)
+
+
+def test_a_record_of_an_older_protocol_is_evaluated_again_not_retrained(host, tmp_path):
+    table, setting = TABLES["solver"], TABLES["solver"].settings[0]
+    args = (table, setting.label, setting.overrides, "tiny", 0, tuple(MINIMAL), tmp_path)
+    first = measure(*args)
+    run = next(tmp_path.iterdir())
+    record = json.loads((run / harness.RECORD).read_text())
+    assert record["protocol"] == harness.PROTOCOL
+    old = {k: v for k, v in record.items() if k != "protocol"}  # as written before protocols
+    old["trained"] = {"linear": 0.0, "knn": 0.0}
+    (run / harness.RECORD).write_text(json.dumps(old))
+    trained_at = (run / CHECKPOINT).stat().st_mtime_ns
+    again = measure(*args)
+    assert again.trained == first.trained and again.seconds == pytest.approx(first.seconds)
+    assert (run / CHECKPOINT).stat().st_mtime_ns == trained_at
+    assert json.loads((run / harness.RECORD).read_text())["protocol"] == harness.PROTOCOL
 
 
 def test_unknown_names_exit_2(host):
@@ -192,13 +263,13 @@ def test_pairing_by_seed_sees_what_unpaired_errors_hide():
 def test_holm_applies_across_the_suite():
     a = [0.70, 0.72, 0.69]
     b = [0.60, 0.66, 0.58]  # raw p about 0.028 on 2 degrees of freedom
-    one = {"targets": [m("sphere", s, v) for s, v in enumerate(a)]
-           + [m("basis k=32", s, v) for s, v in enumerate(b)]}
+    one = {"targets": [m(SPHERE, s, v) for s, v in enumerate(a)]
+           + [m(BASIS_32, s, v) for s, v in enumerate(b)]}
     alone = [f for f in assess(one) if f.test is not None]
     assert len(alone) == 1 and alone[0].verdict == "better"
     many = dict(one, period=[m(label, s, v) for label in ("every 1", "every 3", "never")
                              for s, v in enumerate(a)])
-    crowded = [f for f in assess(many) if f.table == "targets" and f.claim.b == "basis k=32"]
+    crowded = [f for f in assess(many) if f.table == "targets" and f.claim.b == BASIS_32]
     assert crowded[0].test.p == alone[0].test.p == alone[0].p_holm
     # three comparisons in the suite (the two period claims tie exactly, so they are on par)
     assert crowded[0].p_holm == pytest.approx(3 * alone[0].test.p)

@@ -34,6 +34,72 @@ def test_recalibrated_statistics_are_the_true_batch_statistics(tiny_config, tmp_
     assert not net.training and bn.momentum == 0.1  # restored, ready to extract
 
 
+def _wrong_statistics(state):
+    """A model state whose BatchNorm running statistics describe nothing the network computes."""
+    return {k: v + 3.0 if k.endswith("running_mean") else v * 50.0
+            if k.endswith("running_var") else v for k, v in state.items()}
+
+
+def test_the_trained_network_is_probed_with_recomputed_statistics(tiny_config, monkeypatch):
+    """Both networks get BatchNorm statistics of the unaugmented training images, so a trained
+    network's running averages (of augmented batches; here plainly wrong) do not matter."""
+    from rich.console import Console
+
+    from natkit.evaluation import protocol
+
+    config = tiny_config("eval.probes=[linear,knn]", "eval.plots=false")
+    dataset = builders.load_dataset(config, "train")
+    init = builders.initial_network(config, dataset)
+    seen: dict[str, dict[str, torch.Tensor]] = {}
+    write = protocol.write_features
+
+    def spy(net, ds, layer, device, path, *args, **kwargs):
+        seen[path.name] = {k: v.clone() for k, v in net.state_dict().items() if "running" in k}
+        return write(net, ds, layer, device, path, *args, **kwargs)
+
+    monkeypatch.setattr(protocol, "write_features", spy)
+    # "trained" is the random init itself, with wrong statistics: recomputed, the two are one
+    out = protocol.evaluate(config, _wrong_statistics(init.state_dict()), console=Console(quiet=True))
+    trained, random_init = seen["trained-train.f16"], seen["random_init-train.f16"]
+    assert trained.keys() == random_init.keys() and trained
+    for key, value in trained.items():
+        torch.testing.assert_close(value, random_init[key], rtol=1e-5, atol=1e-6)
+    for probe, accs in out["results"].items():
+        assert accs["trained"] == accs["random_init"], probe
+
+
+def test_a_classifier_is_read_with_the_statistics_it_was_trained_with(tiny_config, monkeypatch):
+    """The head learnt on the backbone's own running statistics: the classifier accuracy keeps
+    them, while the probes use recomputed ones."""
+    from rich.console import Console
+
+    from natkit.evaluation import protocol
+
+    config = tiny_config("method=supervised", "eval.probes=[knn]", "eval.plots=false",
+                         "eval.baseline=false")
+    train, test = builders.load_dataset(config, "train"), builders.load_dataset(config, "test")
+    net = builders.initial_network(config, train)
+    state = _wrong_statistics(net.state_dict())
+    net.load_state_dict(state)
+    net.eval()
+    with torch.no_grad():
+        expected = (net(test.get_batch(torch.arange(len(test)))).argmax(1) == test.labels)
+    classified_with: list[torch.Tensor] = []  # conv1's BatchNorm means at each classifier call
+
+    def build(*args, **kwargs):
+        built = builders.initial_network(*args, **kwargs)
+        bn = built.backbone.conv1[1]
+        built.register_forward_hook(lambda *_: classified_with.append(bn.running_mean.clone()))
+        return built
+
+    monkeypatch.setattr(protocol, "initial_network", build)
+    details = protocol.evaluate(config, state, console=Console(quiet=True))["details"]
+    assert classified_with
+    for means in classified_with:
+        torch.testing.assert_close(means, state["backbone.conv1.1.running_mean"])
+    assert details["classifier_accuracy"] == pytest.approx(expected.float().mean().item())
+
+
 def test_features_come_from_the_requested_tap(tiny_config):
     config = tiny_config()
     dataset = builders.load_dataset(config, "test")

@@ -1,4 +1,4 @@
-"""Frozen features of a network, and the BatchNorm recalibration a fair baseline needs."""
+"""Frozen features of a network, and the BatchNorm recalibration both probed networks get."""
 
 from __future__ import annotations
 
@@ -25,9 +25,11 @@ def recalibrate_batchnorm(model: nn.Module, dataset: object, device: torch.devic
 
     A randomly initialised network still holds BatchNorm's default statistics
     (mean 0, variance 1), which are wrong for its activations; probing it that
-    way understates it badly. The statistics become exact averages over the
-    unaugmented images. Returns the number of BatchNorm layers updated. ``progress``
-    advances by the images of each batch.
+    way understates it badly. A trained network holds running averages of its
+    augmented training batches, taken while its weights moved. The statistics
+    become exact averages over the unaugmented images, for either. Returns the
+    number of BatchNorm layers updated. ``progress`` advances by the images of
+    each batch.
     """
     backbone = model.backbone
     layers = [m for m in backbone.modules() if isinstance(m, _BatchNorm)]
@@ -45,6 +47,23 @@ def recalibrate_batchnorm(model: nn.Module, dataset: object, device: torch.devic
             m.momentum = momentum
         model.eval()
     return len(layers)
+
+
+def batchnorm_statistics(model: nn.Module) -> list[tuple[_BatchNorm, dict[str, torch.Tensor]]]:
+    """A copy of the running statistics of every BatchNorm of ``model.backbone``.
+
+    Give it to :func:`restore_batchnorm` to put them back after :func:`recalibrate_batchnorm`.
+    """
+    return [(m, {name: buf.detach().clone() for name, buf in m.named_buffers(recurse=False)})
+            for m in model.backbone.modules() if isinstance(m, _BatchNorm)]
+
+
+@torch.no_grad()
+def restore_batchnorm(saved: list[tuple[_BatchNorm, dict[str, torch.Tensor]]]) -> None:
+    """Put back the statistics :func:`batchnorm_statistics` copied."""
+    for m, buffers in saved:
+        for name, value in buffers.items():
+            getattr(m, name).copy_(value)
 
 
 @torch.no_grad()

@@ -438,29 +438,49 @@ def knn_predict(bank_x: torch.Tensor, bank_y: torch.Tensor, query_x: torch.Tenso
     return _knn_votes(bank, query, ks, temperature, "cpu", progress)
 
 
+KNN_NORMALIZATIONS = ("standardize", "l2")
+
+
+def _unstandardised(rows: Rows) -> Rows:
+    """The same rows read as stored, without the probe's standardisation."""
+    return Rows(rows.source, rows.index, rows.labels, rows.chunk)
+
+
 def knn_probe(train_x: torch.Tensor | FeatureSource, train_y: torch.Tensor,
               test_x: torch.Tensor | FeatureSource, test_y: torch.Tensor, *, ks: Sequence[int],
-              temperature: float = 0.07, val_fraction: float = 0.2, seed: int = 0,
-              device: torch.device | str = "cpu", chunk_mb: float = DEFAULT_CHUNK_MB,
+              temperature: float = 0.07, normalizations: Sequence[str] = ("standardize",),
+              val_fraction: float = 0.2, seed: int = 0, device: torch.device | str = "cpu",
+              chunk_mb: float = DEFAULT_CHUNK_MB,
               progress: ProbeProgress = QUIET) -> ProbeResult:
-    """Weighted cosine kNN on standardised features; k is chosen on validation.
+    """Weighted cosine kNN; k and the normalisation of the features are chosen on validation.
 
-    The neighbours of a query set are found once for every k tried. ``progress``
-    advances by one unit per prediction: ``len(ks) + 1`` in all.
+    ``normalizations`` are tried before the cosine: ``standardize`` centres and scales
+    every feature with training statistics (a low-variance feature weighs as much as
+    any other), ``l2`` takes the features as they are (the usual kNN of self-supervised
+    learning: cosine of the raw features). The neighbours of a query set are found once
+    per normalisation for every k tried. ``progress`` advances by one unit per
+    prediction: ``len(ks) * len(normalizations) + 1`` in all.
     """
-    found: dict[tuple[int, int], tuple[Rows, Rows, dict[int, torch.Tensor]]] = {}
+    unknown = sorted(set(normalizations) - set(KNN_NORMALIZATIONS))
+    if unknown or not normalizations:
+        raise ValueError(f"normalizations must be some of {', '.join(KNN_NORMALIZATIONS)}, "
+                         f"got {list(normalizations)}")
+    found: dict[tuple[int, int, str], tuple[Rows, Rows, dict[int, torch.Tensor]]] = {}
 
     def fit(rows: Rows, setting: dict[str, Any]) -> Callable[[Rows], torch.Tensor]:
         def predictor(query: Rows) -> torch.Tensor:
-            key = (id(rows), id(query))
+            how = setting["normalize"]
+            key = (id(rows), id(query), how)
             if key not in found:  # the rows are kept with the result, so ids stay unique
-                found[key] = (rows, query, _knn_votes(rows, query, ks, temperature, device,
+                bank, asked = ((rows, query) if how == "standardize"
+                               else (_unstandardised(rows), _unstandardised(query)))
+                found[key] = (rows, query, _knn_votes(bank, asked, ks, temperature, device,
                                                       progress))
             return found[key][2][setting["k"]]
 
         return predictor
 
-    settings = [{"k": int(k)} for k in ks]
+    settings = [{"normalize": how, "k": int(k)} for how in normalizations for k in ks]
     return _select(Rows.labelled(train_x, train_y, chunk_mb),
                    Rows.labelled(test_x, test_y, chunk_mb), settings, val_fraction, seed, fit,
-                   progress, lambda s: f"k={s['k']}", units_per_fit=1)
+                   progress, lambda s: f"k={s['k']}, {s['normalize']}", units_per_fit=1)

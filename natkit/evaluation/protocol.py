@@ -1,10 +1,13 @@
 """The fair evaluation of a run: trained features against the same network at initialisation.
 
 Both networks are probed the same way. The random-init network is rebuilt from
-the run's seed (the very weights training started from) and its BatchNorm
-statistics are recomputed on the training images; features are standardised
-with training statistics; probe settings are chosen on a validation split
-carved from the training split; the test split is used once, at the end.
+the run's seed (the very weights training started from); the BatchNorm
+statistics of both networks are recomputed on the unaugmented training images
+(the random init holds BatchNorm's defaults, the trained network running averages
+of augmented batches); features are standardised with training statistics; probe
+settings are chosen on a validation split carved from the training split; the
+test split is used once, at the end. A supervised network's classifier accuracy
+is read with the statistics it was trained with: its head learnt on those.
 
 Features never sit in memory all at once: each network's features of each split
 are written to a float16 file (see natkit.evaluation.store) in a hidden folder
@@ -41,7 +44,12 @@ from natkit.checkpoint import (
 )
 from natkit.errors import CheckpointError, ConfigError, OutputError
 from natkit.evaluation.checks import require_finite
-from natkit.evaluation.features import recalibrate_batchnorm, write_features
+from natkit.evaluation.features import (
+    batchnorm_statistics,
+    recalibrate_batchnorm,
+    restore_batchnorm,
+    write_features,
+)
 from natkit.evaluation.plots import plot_filters, plot_loss, plot_neighbours
 from natkit.evaluation.probes import (
     QUIET,
@@ -85,14 +93,10 @@ def plan(config: cfg.Config, networks: list[str], train_images: int, test_images
     """The phases of an evaluation, in the order :func:`evaluate` runs them."""
     e = config.eval
     phases = []
-    for which in networks:
-        recalibrate = which == "random_init"
+    for which in networks:  # a pass to recompute BatchNorm's statistics, then the features
         phases.append(Phase(
-            f"features/{which}",
-            ("recalibrating BatchNorm and extracting features" if recalibrate
-             else "extracting features") + f" ({which})",
-            "features", train_images * (2 if recalibrate else 1) + test_images, "images",
-            announce_steps=False))
+            f"features/{which}", f"recalibrating BatchNorm and extracting features ({which})",
+            "features", 2 * train_images + test_images, "images", announce_steps=False))
     for which in networks:
         for probe in run_order(e.probes):
             label = f"{PROBE_NAMES[probe]} ({which})"
@@ -106,7 +110,8 @@ def plan(config: cfg.Config, networks: list[str], train_images: int, test_images
                 phases.append(Phase(f"transfer/{which}", label, "transfer", e.transfer_epochs,
                                     "epochs"))
             else:
-                phases.append(Phase(f"knn/{which}", label, "knn", len(e.knn_k) + 1,
+                phases.append(Phase(f"knn/{which}", label, "knn",
+                                    len(e.knn_k) * len(e.knn_normalize) + 1,
                                     "predictions", announce_steps=False))
     if classifier:
         phases.append(Phase("classifier", "classifier accuracy (trained)", "features",
@@ -146,7 +151,8 @@ def run_probes(config: cfg.Config, train: tuple[torch.Tensor | FeatureSource, to
                                        batch_size=e.batch_size, **common)
         else:
             results[probe] = knn_probe(train_x, train_y, test_x, test_y, ks=e.knn_k,
-                                       temperature=e.knn_temperature, **common)
+                                       temperature=e.knn_temperature,
+                                       normalizations=e.knn_normalize, **common)
     return {probe: results[probe] for probe in e.probes if probe in results}
 
 
@@ -255,11 +261,15 @@ def _evaluate(config: cfg.Config, networks: dict[str, Any], train_set: Any, test
     e = config.eval
     train_y, test_y = train_set.labels, test_set.labels
     features: dict[str, tuple[FeatureStore, FeatureStore]] = {}
+    as_trained = None
     for which, net in networks.items():
         progress.phase(f"features/{which}")
         net.to(device).eval()
-        if which == "random_init":
-            recalibrate_batchnorm(net, train_set, device, e.batch_size, progress=progress)
+        if which == "trained" and classifier:
+            as_trained = batchnorm_statistics(net)
+        # both networks alike: statistics of the unaugmented training images (the transfer
+        # probe below runs the same recalibrated networks)
+        recalibrate_batchnorm(net, train_set, device, e.batch_size, progress=progress)
         features[which] = tuple(write_features(net, ds, e.layer, device,
                                                folder / f"{which}-{split}.f16", e.batch_size,
                                                e.tap_pool, progress=progress)
@@ -291,6 +301,8 @@ def _evaluate(config: cfg.Config, networks: dict[str, Any], train_set: Any, test
     if classifier:  # the outputs are logits over the classes: how well do they classify?
         progress.phase("classifier")
         net = networks["trained"]
+        if as_trained is not None:  # the head was trained on the backbone's own statistics
+            restore_batchnorm(as_trained)
         correct = 0
         with torch.no_grad():
             for idx in torch.arange(len(test_set)).split(e.batch_size):
