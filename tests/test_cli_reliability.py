@@ -57,7 +57,8 @@ def test_every_phase_of_the_evaluation_is_announced_without_a_terminal(host, tmp
     assert result.exit_code == 0, result.output
     lines = result.stderr.splitlines()
     for expected in [
-        "evaluating: extracting features (trained) ...",
+        # both networks get their BatchNorm statistics recomputed before their features
+        "evaluating: recalibrating BatchNorm and extracting features (trained) ...",
         "evaluating: recalibrating BatchNorm and extracting features (random_init) ...",
         "evaluating: linear probe (trained): L2 strength 0.0001 on the validation split (1/3)",
         "evaluating: linear probe (trained): L2 strength 0.01 on the validation split (2/3)",
