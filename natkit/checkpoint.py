@@ -94,13 +94,16 @@ def snapshot_epochs(run_dir: Path) -> list[int]:
     return sorted(epochs)
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True``: tensors and plain data, never code."""
+def load_checkpoint(path: Path, *, lazy: bool = False) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``: tensors and plain data, never code.
+
+    ``lazy`` maps the file instead of reading it: the counters cost no tensor reads.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=lazy)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()
         why = next((line for line in first if "GLOBAL" in line or "Unsupported" in line),

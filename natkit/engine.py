@@ -62,22 +62,6 @@ RESUMABLE_CHANGES = ("device", "world_size", "train.epochs", "train.num_workers"
                      "train.compile", "train.sync_bn")
 
 
-def iterate_batches(dataset: Any, batches: torch.Tensor, num_workers: int,
-                    loader_generator: torch.Generator | None = None,
-                    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Yield ``(images, indices, labels)`` for each row of ``batches``, images as float in [0, 1].
-
-    One pass with its own workers, for tools and tests; a run keeps one
-    :class:`~natkit.datasets.loader.BatchLoader` for all its epochs. Workers get
-    their base seed from ``loader_generator``, never from the global torch RNG
-    (which dropout also uses), so the number of workers cannot change the training.
-    """
-    with BatchLoader(dataset, num_workers,
-                     loader_generator or torch.Generator().manual_seed(0)) as loader:
-        for images, idx, labels in loader.epoch(batches):
-            yield to_float(images), idx, labels
-
-
 class Run:
     """A training run: its directory, config, network, optimizer and method."""
 
@@ -411,7 +395,6 @@ class Run:
         """
         loader = BatchLoader(self.dataset, self.config.train.num_workers,
                              generator(self.config.seed, "loader"), self.device)
-        self._loader = loader
         try:
             yield loader
         finally:
@@ -424,16 +407,18 @@ class Run:
         # only rank 0 writes the run directory
         metrics_path = self.dir / METRICS if self.comm.is_main else Path(os.devnull)
         with self._interruptible(), open(metrics_path, "a") as metrics, \
-                TrainingProgress(self.console, total) as progress, self._data_loader():
+                TrainingProgress(self.console, total) as progress, \
+                self._data_loader() as loader:
             while self.epoch < total:
-                if not self._train_epoch(metrics, progress):
+                if not self._train_epoch(metrics, progress, loader):
                     self.save()
                     progress.log(f"interrupted: checkpoint saved at step {self.step}; "
                                  f"resume with: natkit run --resume {self.dir}")
                     return False
         return True
 
-    def _train_epoch(self, metrics: Any, progress: TrainingProgress) -> bool:
+    def _train_epoch(self, metrics: Any, progress: TrainingProgress,
+                     loader: BatchLoader) -> bool:
         epoch, t, comm = self.epoch, self.config.train, self.comm
         # every rank derives the same global batches and takes its slice of each
         share = t.batch_size // comm.world_size
@@ -448,7 +433,7 @@ class Run:
         started = window_start = time.perf_counter()
         window_images = 0
         done_here = 0
-        stream = prefetch(self._loader.epoch(batches[self.batch_in_epoch:]), self.device)
+        stream = prefetch(loader.epoch(batches[self.batch_in_epoch:]), self.device)
         for images, indices, labels in stream:
             loss, reassigned = self.train_step(images, indices, labels)
             self.batch_in_epoch += 1

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from natkit import builders, engine
 from natkit.evaluation.features import extract_features, recalibrate_batchnorm
-from natkit.evaluation.probes import knn_probe, linear_probe, mlp_probe, standardize
+from natkit.evaluation.probes import Rows, knn_probe, linear_probe, mlp_probe, statistics
 from natkit.evaluation.protocol import evaluate_run
 
 
@@ -112,7 +113,11 @@ def test_features_come_from_the_requested_tap(tiny_config):
 
 def test_standardize_uses_only_the_fitting_statistics():
     fit, other = torch.randn(100, 4) * 5 + 3, torch.randn(10, 4)
-    fit_s, other_s = standardize(fit, other)
+    fit_rows = Rows.labelled(fit, torch.zeros(100, dtype=torch.int64))
+    mean, std = statistics(fit_rows)  # the probes standardise every split with these
+    fit_s = fit_rows.standardised(mean, std).read(np.arange(100))
+    other_s = Rows.labelled(other, torch.zeros(10, dtype=torch.int64)).standardised(
+        mean, std).read(np.arange(10))
     torch.testing.assert_close(fit_s.mean(0), torch.zeros(4), atol=1e-5, rtol=0)
     torch.testing.assert_close(other_s, (other - fit.mean(0)) / fit.std(0))
 

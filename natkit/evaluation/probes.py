@@ -38,7 +38,6 @@ class ProbeResult:
     train_accuracy: float  # of the final probe on the training split (at most 20k rows of it)
 
 
-Predictor = Callable[[torch.Tensor], torch.Tensor]  # features -> predicted labels
 
 DEFAULT_CHUNK_MB = 256.0  # float32 features a probe holds at once (eval.chunk_mb)
 _SIMS_ELEMENTS = 1 << 22  # query-by-bank similarities the kNN holds at once (16 MiB)
@@ -64,13 +63,6 @@ class ProbeProgress:
 
 
 QUIET = ProbeProgress()
-
-
-def standardize(fit: torch.Tensor, *others: torch.Tensor) -> list[torch.Tensor]:
-    """Centre and scale every feature with the statistics of ``fit`` only."""
-    mean = fit.mean(dim=0, keepdim=True)
-    std = fit.std(dim=0, keepdim=True).clamp_min(1e-6)
-    return [(x - mean) / std for x in (fit, *others)]
 
 
 def chunk_rows(dim: int, chunk_mb: float) -> int:
@@ -242,11 +234,6 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = _PREDICT_ROWS) 
 def _predictor(model: nn.Module) -> Callable[[Rows], torch.Tensor]:
     device = next(model.parameters()).device
     return lambda rows: torch.cat([predict(model, x) for x, _ in rows.chunks(device)])
-
-
-def accuracy(predictor: Predictor, x: torch.Tensor, y: torch.Tensor) -> float:
-    """Top-1 accuracy of a predictor on ``(x, y)``."""
-    return float((predictor(x) == y).float().mean()) if len(y) else 0.0
 
 
 def _accuracy(predictor: Callable[[Rows], torch.Tensor], rows: Rows) -> float:

@@ -39,7 +39,7 @@ def available_epochs(run_dir: Path) -> list[int]:
     """Every epoch that can be evaluated: the snapshots, and checkpoint.pt's epoch."""
     epochs = set(snapshot_epochs(run_dir))
     if (Path(run_dir) / CHECKPOINT).exists():
-        epochs.add(int(load_checkpoint(Path(run_dir) / CHECKPOINT)["epoch"]))
+        epochs.add(int(load_checkpoint(Path(run_dir) / CHECKPOINT, lazy=True)["epoch"]))
     return sorted(epochs)
 
 
@@ -49,7 +49,7 @@ def _checkpoint_of(run_dir: Path, epoch: int) -> Path:
     if path.exists():
         return path
     latest = run_dir / CHECKPOINT
-    if latest.exists() and int(load_checkpoint(latest)["epoch"]) == epoch:
+    if latest.exists() and int(load_checkpoint(latest, lazy=True)["epoch"]) == epoch:
         return latest
     kept = available_epochs(run_dir)
     raise CheckpointError(
