@@ -27,7 +27,7 @@ from benchmarks.harness import (
     curve_verdict,
     summarise,
 )
-from benchmarks.stats import ALPHA, EQUIVALENCE_MARGIN, paired
+from benchmarks.stats import ALPHA, EQUIVALENCE_MARGIN, MOST_SEEDS, paired, seeds_to_decide
 from benchmarks.tables import RANDOM_INIT, TABLES, Table
 
 METRIC_NAMES = {"classifier": "classifier (supervised)", "linear": "linear probe",
@@ -55,7 +55,12 @@ def verdict_rule(comparisons: int | None = None) -> str:
         "and equivalence tests cannot both have a true null hypothesis, so they count once); "
         f"the verdict uses the adjusted p-value at {ALPHA}, the raw one is shown beside it. "
         "The interval shown is unadjusted: one that excludes 0 can still end in \"too few "
-        "seeds to tell\" after the adjustment.")
+        "seeds to tell\" after the adjustment. For an undecided comparison, \"seeds to "
+        "decide\" estimates how many seeds would decide it if its mean difference and "
+        "spread held: the first n at which either test rejects at 0.05 divided by the "
+        f"number of comparisons (Bonferroni, the strictest step of Holm's method), up to "
+        f"{MOST_SEEDS}. It plans the next run; it is not a test, and the spread of a few seeds "
+        "is itself uncertain.")
 
 
 # ---------------------------------------------------------------- reading back
@@ -123,10 +128,28 @@ def _sides(f: Finding) -> str:
     return f"{c.a} - {c.b}{own}"
 
 
-def findings_lines(findings: list[Finding], with_table: bool = False) -> list[str]:
-    """A markdown table of findings: the difference, its p-values and the verdict."""
+def _tested(findings: list[Finding]) -> int:
+    return sum(1 for f in findings if f.test is not None and f.test.n > 1)
+
+
+def _seeds_needed(f: Finding, comparisons: int) -> str:
+    """The seeds that decided a finding, or the estimate of how many would."""
+    if f.test is None or f.test.n < 2:
+        return "-"
+    if f.verdict != "too few seeds to tell":
+        return f"{f.test.n} (decided)"
+    n = seeds_to_decide(f.test, comparisons)
+    return f"> {MOST_SEEDS}" if n is None else f"about {n}"
+
+
+def findings_lines(findings: list[Finding], with_table: bool = False,
+                   comparisons: int | None = None) -> list[str]:
+    """A markdown table of findings: the difference, its p-values, the verdict and the seeds
+    an undecided one would need (among ``comparisons``, by default as many as given)."""
+    comparisons = _tested(findings) if comparisons is None else comparisons
     header = ["claim", "probe", "compared", "difference, points [95% CI]",
-              "p, difference (Holm)", "p, equivalence (Holm)", "verdict", "the paper's claim"]
+              "p, difference (Holm)", "p, equivalence (Holm)", "verdict", "seeds to decide",
+              "the paper's claim"]
     if with_table:
         header.insert(0, "table")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -138,7 +161,7 @@ def findings_lines(findings: list[Finding], with_table: bool = False) -> list[st
         cells = [f.claim.text, METRIC_NAMES.get(f.metric, f.metric), _sides(f), diff,
                  "-" if t is None else _p(t.p, f.p_holm),
                  "-" if t is None else _p(t.p_equivalent, f.p_equivalent_holm),
-                 f"**{f.verdict}**", f.against_paper]
+                 f"**{f.verdict}**", _seeds_needed(f, comparisons), f.against_paper]
         if with_table:
             cells.insert(0, TABLES[f.table].title.split(":")[0])
         lines.append("| " + " | ".join(cells) + " |")
@@ -167,7 +190,8 @@ def table_markdown(table: Table, measurements: list[Measurement], findings: list
     own = [f for f in findings if f.table == table.key]
     if own:
         lines += ["", "Claims checked, paired by seed (the rule is at the top of RESULTS.md; "
-                      "p-values adjusted across the whole suite):", "", *findings_lines(own)]
+                      "p-values adjusted across the whole suite):", "",
+                  *findings_lines(own, comparisons=_tested(findings))]
     if table.curve_epochs:
         lines += ["", f"The curve's shape: {curve_verdict(curve_summary(measurements))}."]
     lines += ["", f"{seeds} seed(s); accuracies in %, mean ± standard deviation over seeds; "
@@ -286,9 +310,8 @@ def plot_table(table: Table, measurements: list[Measurement], path: Path) -> Non
 
 def verdicts_section(findings: list[Finding], curve_lines: list[str] = ()) -> str:
     """RESULTS.md's verdicts: the rule, then every claim on every probe."""
-    tested = sum(1 for f in findings if f.test is not None and f.test.n > 1)
     return "\n".join([
-        VERDICTS_HEADING, "", verdict_rule(tested), "",
+        VERDICTS_HEADING, "", verdict_rule(_tested(findings)), "",
         *findings_lines(findings, with_table=True), "", *curve_lines, ""])
 
 

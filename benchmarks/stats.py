@@ -119,3 +119,31 @@ def decide(test: Paired, p_adjusted: float, p_equivalent_adjusted: float,
     if p_equivalent_adjusted < alpha:
         return "on par"
     return "too few seeds to tell"
+
+
+# the largest number of seeds :func:`seeds_to_decide` looks at
+MOST_SEEDS = 50
+
+
+def seeds_to_decide(test: Paired, comparisons: int, alpha: float = ALPHA) -> int | None:
+    """How many seeds would decide this comparison if more seeds kept its mean and spread.
+
+    The smallest n at which either the difference test or the equivalence test would
+    reject at ``alpha / comparisons`` (Bonferroni: the strictest step of Holm's method
+    over that many comparisons), with the observed mean difference and standard
+    deviation. ``None`` past :data:`MOST_SEEDS` or when it cannot be estimated (one
+    seed). A planning figure, not a test: the spread of 3 seeds is itself uncertain.
+    """
+    if test.n < 2 or math.isnan(test.sd):
+        return None
+    level = alpha / max(comparisons, 1)
+    mean, margin = abs(test.mean), test.margin
+    for n in range(2, MOST_SEEDS + 1):
+        if test.sd == 0.0:
+            return n
+        se = test.sd / math.sqrt(n)
+        if 2 * stats.t.sf(mean / se, n - 1) < level:
+            return n
+        if mean < margin and stats.t.sf((margin - mean) / se, n - 1) < level:
+            return n
+    return None

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from benchmarks import harness, report
 from benchmarks.__main__ import app
 from benchmarks.harness import Measurement, Stat, assess, claim_values, measure
-from benchmarks.stats import EQUIVALENCE_MARGIN, decide, holm, paired
+from benchmarks.stats import EQUIVALENCE_MARGIN, decide, holm, paired, seeds_to_decide
 from benchmarks.tables import BASIS_32, RANDOM_INIT, SCALES, SPHERE, TABLES, Claim, Setting
 from natkit import builders
 from natkit import config as cfg
@@ -248,6 +248,50 @@ def test_decisions():
     assert decide(sure, 0.2, 1.0) == "too few seeds to tell"
 
 
+def _sample(mean: float, sd: float, n: int) -> list[float]:
+    """n values with exactly this mean and sample standard deviation."""
+    z = np.linspace(-1, 1, n)
+    return list(mean + sd * (z - z.mean()) / np.std(z, ddof=1))
+
+
+@pytest.mark.parametrize("mean, sd, comparisons", [
+    (0.10, 0.012, 24), (0.02, 0.017, 24), (0.13, 0.026, 10), (0.004, 0.006, 24),
+    (0.0, 0.01, 1)])
+def test_seeds_to_decide_is_the_first_n_whose_test_would_decide(mean, sd, comparisons):
+    n = seeds_to_decide(paired(_sample(mean, sd, 3), [0.0] * 3), comparisons)
+    level = 0.05 / comparisons
+
+    def decided(k: int) -> bool:
+        t = paired(_sample(mean, sd, k), [0.0] * k)
+        return t.p < level or t.p_equivalent < level
+    assert n is not None and decided(n) and not decided(n - 1)
+
+
+def test_seeds_to_decide_gives_up_where_no_affordable_n_decides():
+    # a difference sitting on the equivalence margin is neither shown nor ruled out
+    assert seeds_to_decide(paired(_sample(0.02, 0.05, 3), [0.0] * 3), 24) is None
+    assert seeds_to_decide(paired([0.6], [0.5]), 24) is None
+    assert seeds_to_decide(paired([0.7, 0.8, 0.6], [0.6, 0.7, 0.5]), 24) == 2
+
+
+def test_an_undecided_claim_says_how_many_seeds_would_decide_it():
+    # a steady 3-point gain over 3 noisy seeds: undecided after Holm over the suite
+    gains = [0.02, 0.045, 0.025]
+    suite = {"period": [m("every 3", s, 0.6 + g) for s, g in enumerate(gains)]
+             + [m("never", s, 0.6) for s in range(3)]
+             + [m("every 1", s, 0.6 + g / 3) for s, g in enumerate(gains)]}
+    findings = assess(suite)
+    cells = [line.split(" | ")[-2] for line in report.findings_lines(findings)[2:]]
+    assert [f.verdict for f in findings] == ["too few seeds to tell"] * 2
+    expected = [seeds_to_decide(f.test, 2) for f in findings]
+    assert all(n is not None and n > 3 for n in expected)
+    assert cells == [f"about {n}" for n in expected]
+    # a table's own section passes the suite's count of comparisons, which needs more seeds
+    among_24 = report.findings_lines(findings[:1], comparisons=24)[2].split(" | ")[-2]
+    assert among_24 == f"about {seeds_to_decide(findings[0].test, 24)}"
+    assert seeds_to_decide(findings[0].test, 24) > seeds_to_decide(findings[0].test, 1)
+
+
 def test_pairing_by_seed_sees_what_unpaired_errors_hide():
     # a large seed-to-seed spread shared by both settings, and a steady 1.5-point gain
     base = [0.50, 0.60, 0.70, 0.55, 0.65]
@@ -351,6 +395,7 @@ def test_report_rebuilds_tables_and_results_from_csvs_without_training(tmp_path)
     assert text.startswith("# natkit benchmark results") and "## Verdicts" in text
     assert "Holm" in text and "TOST" in text and "too few seeds to tell" in text
     assert "| hungarian - emd | +0.0 [+0.0, +0.0] |" in text and "**on par**" in text
+    assert "| seeds to decide |" in text and "| **on par** | 3 (decided) |" in text
     assert "![Input preprocessing (NAT)](results/tiny/preprocess_nat.png)" in text
     assert "epoch last - epoch 0" in text
     assert "| 12 | 90.0 ± 0.0 | 67.3 ± 0.3 | +12.0 [+12.0, +12.0] |" in text
