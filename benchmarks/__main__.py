@@ -103,7 +103,8 @@ def main(
                 typer.echo(f"[{key}] skipped: needs {', '.join(missing)}", err=True)
                 continue
             t0 = time.perf_counter()
-            measured = run_table(table, scale, seeds, extra, runs / scale, console)
+            n = seeds if table.max_seeds is None else min(seeds, table.max_seeds)
+            measured = run_table(table, scale, n, extra, runs / scale, console)
             run_seconds.update((m.run_dir, m.seconds) for m in measured)
             report.write_csv(measured, target / f"{key}.csv")
             measured_any = True

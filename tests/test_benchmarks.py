@@ -75,6 +75,24 @@ def test_finished_runs_are_reused(host, tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir()) == runs
 
 
+def test_a_table_capped_in_seeds_runs_no_more_than_its_cap(tmp_path, monkeypatch):
+    asked = {}
+
+    def run_table(table, scale, seeds, *rest):
+        asked[table.key] = seeds
+        return []
+    monkeypatch.setattr("benchmarks.__main__.run_table", run_table)
+    monkeypatch.setattr("benchmarks.report.write_csv", lambda measured, path: None)
+    args = ["dim", "period", "--seeds", "5", "--out", str(tmp_path / "r"),
+            "--runs", str(tmp_path / "runs")]
+    assert runner.invoke(app, args).exit_code == 0
+    assert TABLES["dim"].max_seeds == 3 and TABLES["period"].max_seeds is None
+    assert asked == {"dim": 3, "period": 5}
+    asked.clear()
+    assert runner.invoke(app, [*args[:3], "2", *args[4:]]).exit_code == 0
+    assert asked == {"dim": 2, "period": 2}  # a cap never adds seeds
+
+
 def test_a_reused_curve_keeps_its_epochs_as_numbers(host, tmp_path):
     args = (TABLES["epochs"], "nat", (), "tiny", 0, (*MINIMAL, "train.epochs=2"), tmp_path)
     first = measure(*args)
