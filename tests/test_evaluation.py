@@ -69,9 +69,10 @@ def test_the_trained_network_is_probed_with_recomputed_statistics(tiny_config, m
         assert accs["trained"] == accs["random_init"], probe
 
 
-def test_a_classifier_is_read_with_the_statistics_it_was_trained_with(tiny_config, monkeypatch):
-    """The head learnt on the backbone's own running statistics: the classifier accuracy keeps
-    them, while the probes use recomputed ones."""
+def test_a_classifier_is_read_with_recomputed_statistics_and_its_running_ones(tiny_config,
+                                                                             monkeypatch):
+    """The classifier accuracy uses the statistics the probes use; the reading with training's
+    running averages is kept beside it."""
     from rich.console import Console
 
     from natkit.evaluation import protocol
@@ -83,8 +84,12 @@ def test_a_classifier_is_read_with_the_statistics_it_was_trained_with(tiny_confi
     state = _wrong_statistics(net.state_dict())
     net.load_state_dict(state)
     net.eval()
+    images = test.get_batch(torch.arange(len(test)))
     with torch.no_grad():
-        expected = (net(test.get_batch(torch.arange(len(test)))).argmax(1) == test.labels)
+        running = (net(images).argmax(1) == test.labels).float().mean().item()
+        recalibrate_batchnorm(net, train, torch.device("cpu"), batch_size=256)
+        recomputed = (net(images).argmax(1) == test.labels).float().mean().item()
+        recomputed_means = net.backbone.conv1[1].running_mean.clone()
     classified_with: list[torch.Tensor] = []  # conv1's BatchNorm means at each classifier call
 
     def build(*args, **kwargs):
@@ -95,10 +100,14 @@ def test_a_classifier_is_read_with_the_statistics_it_was_trained_with(tiny_confi
 
     monkeypatch.setattr(protocol, "initial_network", build)
     details = protocol.evaluate(config, state, console=Console(quiet=True))["details"]
-    assert classified_with
-    for means in classified_with:
+    batches = -(-len(test) // config.eval.batch_size)
+    assert len(classified_with) == 2 * batches
+    for means in classified_with[:batches]:
+        torch.testing.assert_close(means, recomputed_means)
+    for means in classified_with[batches:]:
         torch.testing.assert_close(means, state["backbone.conv1.1.running_mean"])
-    assert details["classifier_accuracy"] == pytest.approx(expected.float().mean().item())
+    assert details["classifier_accuracy"] == pytest.approx(recomputed)
+    assert details["classifier_accuracy_running_statistics"] == pytest.approx(running)
 
 
 def test_features_come_from_the_requested_tap(tiny_config):
