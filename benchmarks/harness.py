@@ -24,7 +24,7 @@ from typing import Any
 from rich.console import Console
 
 from benchmarks.stats import Paired, decide, holm, paired
-from benchmarks.tables import RANDOM_INIT, SCALES, TABLES, Claim, Table
+from benchmarks.tables import RANDOM_INIT, SCALES, SUPERVISED, TABLES, Claim, Table
 from natkit import builders, engine
 from natkit import config as cfg
 from natkit.checkpoint import CHECKPOINT, atomic_write_json, load_checkpoint
@@ -35,8 +35,8 @@ RECORD = "bench.json"
 REEVALUATED = "reevaluated"  # <run>/reevaluated/<hash of the evaluation's config>.json
 # What a record's numbers mean; bumped when the evaluation changes what it measures, so that
 # older records are evaluated again. 2: the trained network's BatchNorm statistics, too, are
-# recomputed on the unaugmented training images.
-PROTOCOL = 2
+# recomputed on the unaugmented training images. 3: so are a supervised classifier's.
+PROTOCOL = 3
 
 
 @dataclass
@@ -76,8 +76,10 @@ def _read_record(path: Path, label: str) -> tuple[Measurement | None, float]:
 
 def overrides_for(table: Table, scale: str, setting_overrides: tuple[str, ...], seed: int,
                   extra: tuple[str, ...]) -> list[str]:
-    """The override texts of one run: scale, table base, setting, seed, then the user's."""
-    return [*SCALES[scale], *table.base, *setting_overrides, f"seed={seed}", *extra]
+    """The override texts of one run: the scale's recipe (its supervised one for a supervised
+    table), table base, setting, seed, then the user's."""
+    recipe = (SUPERVISED if table.supervised else SCALES)[scale]
+    return [*recipe, *table.base, *setting_overrides, f"seed={seed}", *extra]
 
 
 def run_key(config: cfg.Config) -> str:

@@ -28,7 +28,15 @@ SCALES: dict[str, tuple[str, ...]] = {
     "paper": tuple(presets.as_overrides("paper")),
 }
 
-SUPERVISED = ("method=supervised",)
+# The supervised rows (Tables 1-2) train on the labels with a recipe of their own, in place of
+# the scale's: at the tiny scale, the tiny NAT runs' data with twice their steps (168) and a
+# step size annealed to a tenth by the last step, so that the classifier is read once it has
+# converged; at the paper scale, natkit's 'paper-supervised' preset (the authors' AlexNet
+# trained on the labels).
+SUPERVISED: dict[str, tuple[str, ...]] = {
+    "tiny": (*SCALES["tiny"], "method=supervised", "train.epochs=24", "train.lr_gamma=0.075"),
+    "paper": tuple(presets.as_overrides("paper-supervised")),
+}
 
 
 @dataclass(frozen=True)
@@ -79,6 +87,7 @@ class Table:
     # the settings are evaluation settings (eval.* overrides only): each seed's run of the base
     # recipe is trained once (the run other tables share) and re-evaluated per setting
     reevaluate: bool = False
+    supervised: bool = False  # the settings train on the labels: SUPERVISED, not SCALES
     # at most this many seeds whatever --seeds asks: for a table with no claim that more
     # seeds would decide, so that the suite's seeds go to the claims that need them
     max_seeds: int | None = None
@@ -105,10 +114,12 @@ def _add(table: Table) -> None:
 _add(Table(
     key="loss",
     title="Table 1: softmax vs square loss (supervised)",
-    about="Supervised training on the same backbone with the two losses. The paper reports "
-          "them on par for ImageNet classification.",
-    settings=(Setting("softmax", (*SUPERVISED, "method.loss=softmax"), "on par"),
-              Setting("square", (*SUPERVISED, "method.loss=square"), "on par")),
+    about="Supervised training on the same backbone with the two losses (the supervised "
+          "recipe: at the tiny scale 24 epochs, 168 SGD steps, the step size annealed to a "
+          "tenth by the last one). The paper reports them on par for ImageNet classification.",
+    settings=(Setting("softmax", ("method.loss=softmax",), "on par"),
+              Setting("square", ("method.loss=square",), "on par")),
+    supervised=True,
     metrics=("classifier", "linear"),
     claims=(Claim("softmax and square loss are on par", "on_par", "softmax", "square",
                   ("classifier",)),
@@ -119,11 +130,12 @@ _add(Table(
 _add(Table(
     key="preprocess",
     title="Table 2: input preprocessing (supervised)",
-    about="Supervised training with raw pixels, high-pass filtered and Sobel inputs. The paper "
-          "reports the three on par when labels are available.",
-    settings=(Setting("clean", (*SUPERVISED, "preprocess.name=clean"), "on par"),
-              Setting("high-pass", (*SUPERVISED, "preprocess.name=highpass"), "on par"),
-              Setting("sobel", (*SUPERVISED, "preprocess.name=sobel"), "on par")),
+    about="Supervised training (the recipe of Table 1) with raw pixels, high-pass filtered and "
+          "Sobel inputs. The paper reports the three on par when labels are available.",
+    settings=(Setting("clean", ("preprocess.name=clean",), "on par"),
+              Setting("high-pass", ("preprocess.name=highpass",), "on par"),
+              Setting("sobel", ("preprocess.name=sobel",), "on par")),
+    supervised=True,
     metrics=("classifier", "linear"),
     claims=(Claim("clean and Sobel inputs are on par (supervised)", "on_par", "clean", "sobel",
                   ("classifier",)),

@@ -93,6 +93,27 @@ def test_a_table_capped_in_seeds_runs_no_more_than_its_cap(tmp_path, monkeypatch
     assert asked == {"dim": 2, "period": 2}  # a cap never adds seeds
 
 
+def test_supervised_tables_train_with_the_supervised_recipe_of_their_scale():
+    def built(key, scale, setting=0):
+        table = TABLES[key]
+        return cfg.build(overrides=harness.overrides_for(
+            table, scale, table.settings[setting].overrides, 0, ()))
+
+    nat, softmax = built("preprocess_nat", "tiny", 1), built("loss", "tiny")
+    assert nat.method["name"] == "nat" and softmax.method["name"] == "supervised"
+    # twice the NAT runs' steps, the step size annealed to about a tenth by the last one
+    steps = softmax.train.epochs * (softmax.data["num_train"] // softmax.train.batch_size)
+    assert steps == 2 * nat.train.epochs * (nat.data["num_train"] // nat.train.batch_size)
+    decay = 1 + softmax.train.lr_gamma * (steps - softmax.train.warmup_steps)
+    assert 8 < decay < 12
+    assert built("preprocess", "tiny", 2).train == softmax.train  # Tables 1 and 2 share it
+    # at the paper scale, the authors' supervised recipe (natkit's paper-supervised preset)
+    paper = built("loss", "paper")
+    preset = cfg.build(preset="paper-supervised")
+    assert paper.train == preset.train and paper.method == preset.method
+    assert built("preprocess_nat", "paper", 1).train != paper.train
+
+
 def test_a_reused_curve_keeps_its_epochs_as_numbers(host, tmp_path):
     args = (TABLES["epochs"], "nat", (), "tiny", 0, (*MINIMAL, "train.epochs=2"), tmp_path)
     first = measure(*args)
