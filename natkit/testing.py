@@ -75,6 +75,26 @@ def assert_same_state(a: Any, b: Any, path: str = "state") -> None:
         assert a == b, path
 
 
+def assert_close_weights(a: Path, b: Path, device_type: str = "cpu") -> tuple[float, float]:
+    """Assert two run directories' checkpoints hold the same parameter names and close tensors.
+
+    For runs that should compute the same training up to float rounding (a speed switch
+    such as channels_last or torch.compile). Returns the (rtol, atol) used, looser on
+    CUDA, where convolutions round in TF32 and another layout picks other algorithms.
+    """
+    import torch
+
+    from natkit.checkpoint import CHECKPOINT, load_checkpoint
+
+    first = load_checkpoint(Path(a) / CHECKPOINT)["model"]
+    second = load_checkpoint(Path(b) / CHECKPOINT)["model"]
+    assert first.keys() == second.keys()
+    rtol, atol = (1e-3, 1e-5) if device_type == "cpu" else (2e-2, 2e-3)
+    for name in first:
+        assert torch.allclose(first[name], second[name], rtol=rtol, atol=atol), name
+    return rtol, atol
+
+
 def tiny_args(*extra: str) -> list[str]:
     """The tiny run, then ``extra``, as ``--set key=value`` command-line arguments."""
     return [arg for text in [*TINY, *extra] for arg in ("--set", text)]

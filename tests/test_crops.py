@@ -17,7 +17,7 @@ from natkit.checkpoint import load_checkpoint
 from natkit.cli import app
 from natkit.evaluation.protocol import evaluate_run
 from natkit.export import export
-from natkit.testing import EXACT, StopAfter, assert_same_state, tiny_args
+from natkit.testing import EXACT, StopAfter, assert_close_weights, assert_same_state, tiny_args
 
 
 def _where(crop: torch.Tensor, image: torch.Tensor) -> list[tuple[int, int, bool]]:
@@ -140,10 +140,5 @@ def test_speed_switches_train_the_same_on_crops(switch, tiny_config, tmp_path, f
     fast = engine.start(tiny_config(*crops, switch), tmp_path / "fast")
     plain.train()
     fast.train()
-    a = load_checkpoint(tmp_path / "plain" / "checkpoint.pt")["model"]
-    b = load_checkpoint(tmp_path / "fast" / "checkpoint.pt")["model"]
-    assert a.keys() == b.keys()
-    rtol, atol = (1e-3, 1e-5) if plain.device.type == "cpu" else (2e-2, 2e-3)
-    for name in a:
-        assert torch.allclose(a[name], b[name], rtol=rtol, atol=atol), name
+    rtol, atol = assert_close_weights(tmp_path / "plain", tmp_path / "fast", plain.device.type)
     torch.testing.assert_close(fast.outputs(), plain.outputs(), rtol=rtol, atol=atol)

@@ -13,7 +13,7 @@ from natkit.checkpoint import load_checkpoint, read_metrics
 from natkit.errors import CheckpointError, ConfigError, TrainingDiverged
 from natkit.methods import Batch
 from natkit.schedule import learning_rate
-from natkit.testing import EXACT, StopAfter, assert_same_state
+from natkit.testing import EXACT, StopAfter, assert_close_weights, assert_same_state
 
 
 def test_a_run_writes_config_metrics_and_a_safe_checkpoint(tiny_config, tmp_path):
@@ -203,13 +203,7 @@ def test_speed_switches_compute_the_same_training(switch, tiny_config, tmp_path,
     fast = engine.start(tiny_config("train.epochs=1", EXACT, switch), tmp_path / "fast")
     assert _losses(fast) == pytest.approx(_losses(plain), rel=1e-4)
     # the checkpoint is the same whatever the switch: plain parameter names, same tensors
-    a = load_checkpoint(tmp_path / "plain" / "checkpoint.pt")["model"]
-    b = load_checkpoint(tmp_path / "fast" / "checkpoint.pt")["model"]
-    assert a.keys() == b.keys()
-    # on CUDA, convolutions round in TF32 and the layout picks other algorithms: looser there
-    rtol, atol = (1e-3, 1e-5) if plain.device.type == "cpu" else (2e-2, 2e-3)
-    for name in a:
-        assert torch.allclose(a[name], b[name], rtol=rtol, atol=atol), name
+    assert_close_weights(tmp_path / "plain", tmp_path / "fast", plain.device.type)
 
 
 def test_channels_last_puts_the_convolutions_in_that_layout(tiny_config, tmp_path):
