@@ -18,7 +18,7 @@ from natkit import presets
 SCALES: dict[str, tuple[str, ...]] = {
     # the default run (small AlexNet, Sobel, sphere d=32, Hungarian, batch 256, 32 px shapes),
     # with fewer images and epochs and the two fast probes, so that every table over
-    # three seeds fits in about an hour on 2 CPU cores
+    # four seeds (three where more would decide nothing) fits in about an hour on 2 CPU cores
     "tiny": (
         "data.num_train=2000", "data.num_test=1000", "train.epochs=12",
         "eval.probes=[linear,knn]", "eval.plots=false",
