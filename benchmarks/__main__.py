@@ -96,6 +96,7 @@ def main(
     sections: list[tuple[str, str, Path]] = []  # the speed section, for 'all'
     measured_any = False
     run_seconds: dict[str, float] = {}  # a run shared by several tables is counted once
+    run_code: dict[str, str] = {}  # the fingerprint of the code that trained each run
     try:
         for key in keys:
             table = TABLES[key]
@@ -107,10 +108,11 @@ def main(
             n = seeds if table.max_seeds is None else min(seeds, table.max_seeds)
             measured = run_table(table, scale, n, extra, runs / scale, console)
             run_seconds.update((m.run_dir, m.seconds) for m in measured)
+            run_code.update((m.run_dir, m.code) for m in measured)
             report.write_csv(measured, target / f"{key}.csv")
             measured_any = True
             console.print(f"[{key}] done in {(time.perf_counter() - t0) / 60:.1f} min "
-                          f"-> {target / (key + '.md')}", highlight=False)
+                          f"-> {target / (key + '.md')}", highlight=False, markup=False)
     except NatkitError as exc:
         typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
         raise typer.Exit(exc.exit_code) from None
@@ -128,7 +130,8 @@ def main(
                                    else target / "RESULTS.md")
         section += "\n" + report.gpu_links(out, results_path.parent)
         sections.append((section, "solver speed", target / "speed.png"))
-        console.print(f"[speed] done in {(time.perf_counter() - t0) / 60:.1f} min", highlight=False)
+        console.print(f"[speed] done in {(time.perf_counter() - t0) / 60:.1f} min", highlight=False,
+                      markup=False)
         if ("all" not in names and results_path.is_file()
                 and (results is not None or out == DEFAULT_OUT)):  # the other sections stay as measured
             png = os.path.relpath(target / "speed.png", results_path.parent)
@@ -162,6 +165,7 @@ def main(
             "date": time.strftime("%Y-%m-%d %H:%M %Z"),
             "minutes": (time.perf_counter() - started) / 60, "scale": scale,
             "compute_minutes": sum(run_seconds.values()) / 60,
+            "code": _code_summary(run_code),
             "scale_about": "; ".join(SCALES[scale]) + _steps_per_run(scale, extra),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -170,6 +174,21 @@ def main(
                     for text, title, png in sections]
         path.write_text(report.results_markdown(figures, header, verdicts))
         console.print(f"wrote {path}", highlight=False)
+
+
+def _code_summary(run_code: dict[str, str]) -> str:
+    """Which code trained the runs, by fingerprint (benchmarks.harness.code_fingerprint)."""
+    from collections import Counter
+
+    from benchmarks.harness import code_fingerprint
+
+    counts = Counter(code or "not recorded" for code in run_code.values())
+    current = code_fingerprint()
+    if set(counts) <= {current}:
+        return f"every run trained by the current code (fingerprint {current})"
+    parts = ", ".join(f"{code} ({n} runs)" for code, n in counts.most_common())
+    return (f"runs trained by {len(counts)} versions of the code: {parts}; the current code is "
+            f"{current}. Delete benchmarks/runs/ to retrain them all with it")
 
 
 def _report(folder: Path, results_file: Path) -> None:

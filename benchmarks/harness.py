@@ -12,13 +12,16 @@ re-evaluates the base recipe's checkpoints; its records lie in the run's
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
 import statistics
+import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from rich.console import Console
@@ -54,24 +57,27 @@ class Measurement:
     seconds: float
     run_dir: str
     curve: dict[int, dict[str, float]] = field(default_factory=dict)
+    # code_fingerprint() of the code that trained the run ("" if not recorded)
+    code: str = ""
 
 
 def _record(result: Measurement) -> dict[str, Any]:
     return {**result.__dict__, "protocol": PROTOCOL}
 
 
-def _read_record(path: Path, label: str) -> tuple[Measurement | None, float]:
+def _read_record(path: Path, label: str) -> tuple[Measurement | None, float, str]:
     """The measurement stored at ``path`` under ``label``, if measured under :data:`PROTOCOL`;
-    and the seconds it first cost (0 without a record)."""
+    the seconds it first cost (0 without a record); and the fingerprint of the code that
+    trained it (the current code's without a record, "" where none was recorded)."""
     if not path.exists():
-        return None, 0.0
+        return None, 0.0, code_fingerprint()
     stored = json.loads(path.read_text())
     if stored.pop("protocol", 1) != PROTOCOL:
-        return None, float(stored["seconds"])
+        return None, float(stored["seconds"]), stored.get("code", "")
     # the same run may be a row of several tables, under a different label in each;
     # JSON keeps the curve's epochs as strings, which would sort "12" before "2"
     return Measurement(**{**stored, "setting": label,
-                          "curve": {int(e): v for e, v in stored["curve"].items()}}), 0.0
+                          "curve": {int(e): v for e, v in stored["curve"].items()}}), 0.0, ""
 
 
 def overrides_for(table: Table, scale: str, setting_overrides: tuple[str, ...], seed: int,
@@ -80,6 +86,32 @@ def overrides_for(table: Table, scale: str, setting_overrides: tuple[str, ...], 
     table), table base, setting, seed, then the user's."""
     recipe = (SUPERVISED if table.supervised else SCALES)[scale]
     return [*recipe, *table.base, *setting_overrides, f"seed={seed}", *extra]
+
+
+@functools.cache
+def code_fingerprint() -> str:
+    """A short hash of the Python source that trains and evaluates runs: natkit's package and
+    the package of every loaded plugin.
+
+    Run folders are keyed by their config alone, so a run trained by older code would be
+    reused silently; records carry this fingerprint, and RESULTS.md says which code trained
+    its runs.
+    """
+    import natkit
+    from natkit.plugins import get_host
+
+    roots = {Path(natkit.__file__).parent}
+    for _, plugin in get_host().pm.list_name_plugin():
+        name = plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__module__
+        top = sys.modules.get(name.split(".")[0])
+        if getattr(top, "__file__", None):
+            roots.add(Path(top.__file__).parent)
+    digest = hashlib.sha256()
+    for root in sorted(roots):
+        for path in sorted(root.rglob("*.py")):
+            digest.update(f"{root.name}/{path.relative_to(root).as_posix()}\0".encode())
+            digest.update(path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def run_key(config: cfg.Config) -> str:
@@ -126,7 +158,7 @@ def measure(table: Table, label: str, setting_overrides: tuple[str, ...], scale:
     config = cfg.build(overrides=overrides_for(table, scale, setting_overrides, seed, extra))
     run_dir = runs / run_key(config)
     record = run_dir / RECORD
-    found, first_cost = _read_record(record, label)
+    found, first_cost, trained_by = _read_record(record, label)
     if found is not None:
         return found
     quiet = Console(quiet=True)
@@ -142,7 +174,8 @@ def measure(table: Table, label: str, setting_overrides: tuple[str, ...], scale:
         evaluate_run(run_dir, console=quiet)
     trained, baseline, _ = _accuracies(run_dir)
     result = Measurement(label, seed, trained, baseline,
-                         first_cost or time.perf_counter() - started, str(run_dir), curve)
+                         first_cost or time.perf_counter() - started, str(run_dir), curve,
+                         trained_by)
     atomic_write_json(record, _record(result))
     return result
 
@@ -162,7 +195,7 @@ def _reevaluate(table: Table, label: str, setting_overrides: tuple[str, ...], sc
         raise ValueError(f"table '{table.key}', setting '{label}': a re-evaluation may only "
                          f"change eval.*, not {changed[0]}")
     record = run_dir / REEVALUATED / f"{run_key(config)}.json"
-    found, _ = _read_record(record, label)
+    found, _, _ = _read_record(record, label)
     if found is not None:
         return found
     started = time.perf_counter()
@@ -171,7 +204,7 @@ def _reevaluate(table: Table, label: str, setting_overrides: tuple[str, ...], sc
                    console=Console(quiet=True))
     trained, baseline, _ = _split(out["results"], out["details"])
     result = Measurement(label, seed, trained, baseline, time.perf_counter() - started,
-                         str(record.with_suffix("")))
+                         str(record.with_suffix("")), code=base.code)
     record.parent.mkdir(exist_ok=True)
     atomic_write_json(record, _record(result))
     return result
@@ -212,8 +245,11 @@ def run_table(table: Table, scale: str, seeds: int, extra: tuple[str, ...], runs
         for setting in table.settings:
             m = measure(table, setting.label, setting.overrides, scale, seed, extra, runs)
             shown = "  ".join(f"{k} {100 * v:.1f}%" for k, v in m.trained.items())
+            stale = ("" if m.code == code_fingerprint() else
+                     f"  [trained by other code: {m.code or 'not recorded'}]")
             console.print(f"[{table.key}] {setting.label:<12} seed {seed}: {shown}  "
-                          f"({m.seconds:.0f} s)", highlight=False)
+                          f"({m.seconds:.0f} s){stale}", highlight=False, markup=False,
+                          soft_wrap=True)
             out.append(m)
     return out
 

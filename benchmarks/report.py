@@ -356,6 +356,7 @@ def results_markdown(sections: list[str], header: dict[str, Any], verdicts: str 
         f"- finished: {header['date']}; {header['compute_minutes']:.0f} min of compute in "
         f"all (every run once, as first measured, and the speed suite); this invocation took "
         f"{header['minutes']:.0f} min, finished runs being reused",
+        f"- code: {header['code']}",
         f"- scale `{header['scale']}`: {header['scale_about']}",
         "",
         "Paper values marked (u) are as reported in our design notes and could not be checked "

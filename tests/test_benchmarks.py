@@ -114,6 +114,48 @@ def test_supervised_tables_train_with_the_supervised_recipe_of_their_scale():
     assert built("preprocess_nat", "paper", 1).train != paper.train
 
 
+def test_runs_remember_the_code_that_trained_them(host, tmp_path):
+    harness.code_fingerprint.cache_clear()
+    args = ["solver", "--seeds", "1", *sets(MINIMAL), "--out", str(tmp_path / "r"),
+            "--runs", str(tmp_path / "runs")]
+    assert runner.invoke(app, args).exit_code == 0
+    records = sorted((tmp_path / "runs" / "tiny").glob(f"*/{harness.RECORD}"))
+    assert len(records) == 4
+    assert {json.loads(r.read_text())["code"] for r in records} == {harness.code_fingerprint()}
+    # a run trained by other code is still reused, and said to be
+    stored = json.loads(records[0].read_text())
+    records[0].write_text(json.dumps({**stored, "code": "0123456789ab"}))
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and again.output.count("[trained by other code") == 1
+    assert "[trained by other code: 0123456789ab]" in again.output
+    from benchmarks.__main__ import _code_summary
+    current = harness.code_fingerprint()
+    assert current in _code_summary({"a": current, "b": current})
+    mixed = _code_summary({"a": current, "b": current, "c": "0123456789ab", "d": ""})
+    assert "3 versions of the code" in mixed and f"{current} (2 runs)" in mixed
+    assert "not recorded (1 runs)" in mixed and "Delete benchmarks/runs/" in mixed
+
+
+def test_the_code_fingerprint_covers_the_plugins_source(host, tmp_path, monkeypatch):
+    package = tmp_path / "fingerprinted_plugin"
+    package.mkdir()
+    (package / "__init__.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    module = importlib.import_module("fingerprinted_plugin")
+    harness.code_fingerprint.cache_clear()
+    without = harness.code_fingerprint()
+    host.register(module, name="fingerprinted")
+    harness.code_fingerprint.cache_clear()
+    first = harness.code_fingerprint()
+    (package / "__init__.py").write_text("VALUE = 2\n")
+    harness.code_fingerprint.cache_clear()
+    assert len({without, first, harness.code_fingerprint()}) == 3
+    harness.code_fingerprint.cache_clear()
+    monkeypatch.delitem(__import__("sys").modules, "fingerprinted_plugin")
+
+
 def test_a_reused_curve_keeps_its_epochs_as_numbers(host, tmp_path):
     args = (TABLES["epochs"], "nat", (), "tiny", 0, (*MINIMAL, "train.epochs=2"), tmp_path)
     first = measure(*args)
