@@ -16,8 +16,8 @@ import typer
 from rich.console import Console
 
 from benchmarks import report
-from benchmarks.harness import run_table
-from benchmarks.tables import SCALES, TABLES
+from benchmarks.harness import choose, run_table
+from benchmarks.tables import SCALES, SUPERVISED, TABLES, VALIDATION
 from natkit import config as cfg
 from natkit.errors import NatkitError
 
@@ -33,15 +33,28 @@ def _machine() -> str:
     return ", ".join(f"{k} {v}" for k, v in info.items() if v not in (None, ""))
 
 
-def _steps_per_run(scale: str, extra: tuple[str, ...]) -> str:
-    """How many SGD steps a run of this scale makes, when the dataset's size is known."""
-    config = cfg.build(overrides=[*SCALES[scale], *extra])
+def _steps_per_run(recipe: tuple[str, ...], extra: tuple[str, ...]) -> str:
+    """How many SGD steps a run of this recipe makes, when the dataset's size is known."""
+    config = cfg.build(overrides=[*recipe, *extra])
     n = config.data.get("num_train")
     if not isinstance(n, int):
         return ""
     steps = config.train.epochs * (n // config.train.batch_size)
     return (f" (so a run makes {steps} SGD steps: {config.train.epochs} epochs of "
             f"{n // config.train.batch_size} batches of {config.train.batch_size})")
+
+
+def _scale_about(scale: str, extra: tuple[str, ...]) -> str:
+    """The scale's recipes in words: the NAT runs', the supervised rows', the validation data."""
+    nat, supervised = SCALES[scale], SUPERVISED[scale]
+    own = [o for o in supervised if o not in nat]
+    text = "; ".join(nat) + _steps_per_run(nat, extra)
+    text += (f". Supervised rows change it to {'; '.join(own)}"
+             f"{_steps_per_run(supervised, extra)}")
+    if scale in VALIDATION:
+        text += (f", and a step size chosen per setting on validation data "
+                 f"({'; '.join(VALIDATION[scale])})")
+    return text
 
 
 @app.command()
@@ -106,10 +119,15 @@ def main(
                 continue
             t0 = time.perf_counter()
             n = seeds if table.max_seeds is None else min(seeds, table.max_seeds)
-            measured = run_table(table, scale, n, extra, runs / scale, console)
-            run_seconds.update((m.run_dir, m.seconds) for m in measured)
-            run_code.update((m.run_dir, m.code) for m in measured)
+            chosen = {s.label: c for s in table.settings
+                      if (c := choose(table, s, scale, extra, runs / scale, console)) is not None}
+            measured = run_table(table, scale, n, extra, runs / scale, console, chosen)
+            validation = [m for c in chosen.values() for m in c.runs]
+            run_seconds.update((m.run_dir, m.seconds) for m in [*measured, *validation])
+            run_code.update((m.run_dir, m.code) for m in [*measured, *validation])
             report.write_csv(measured, target / f"{key}.csv")
+            report.write_choices(list(chosen.values()), VALIDATION.get(scale, ()),
+                                 target / f"{key}.choices.csv")
             measured_any = True
             console.print(f"[{key}] done in {(time.perf_counter() - t0) / 60:.1f} min "
                           f"-> {target / (key + '.md')}", highlight=False, markup=False)
@@ -166,7 +184,7 @@ def main(
             "minutes": (time.perf_counter() - started) / 60, "scale": scale,
             "compute_minutes": sum(run_seconds.values()) / 60,
             "code": _code_summary(run_code),
-            "scale_about": "; ".join(SCALES[scale]) + _steps_per_run(scale, extra),
+            "scale_about": _scale_about(scale, extra),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         figures = [section for _, section in tables]

@@ -27,10 +27,20 @@ from typing import Any
 from rich.console import Console
 
 from benchmarks.stats import Paired, decide, holm, paired
-from benchmarks.tables import RANDOM_INIT, SCALES, SUPERVISED, TABLES, Claim, Table
+from benchmarks.tables import (
+    RANDOM_INIT,
+    SCALES,
+    SUPERVISED,
+    TABLES,
+    VALIDATION,
+    Claim,
+    Setting,
+    Table,
+)
 from natkit import builders, engine
 from natkit import config as cfg
 from natkit.checkpoint import CHECKPOINT, atomic_write_json, load_checkpoint
+from natkit.errors import ConfigError, TrainingDiverged
 from natkit.evaluation.protocol import evaluate, evaluate_run
 from natkit.evaluation.snapshots import evaluate_snapshot
 
@@ -237,13 +247,88 @@ def _train_test(probe: str, result: dict[str, Any]) -> dict[str, float]:
     return {f"{probe}_train": result["train_accuracy"], f"{probe}_test": result["accuracy"]}
 
 
+@dataclass
+class Chosen:
+    """A setting's choice (``Table.choose``): each candidate's validation score, and the pick."""
+
+    setting: str
+    key: str
+    scores: dict[str, float]  # candidate value -> mean of the metric over the validation seeds
+    value: str
+    metric: str
+    seeds: int
+    seconds: dict[str, float]  # candidate value -> what its validation runs cost
+    runs: list[Measurement] = field(default_factory=list)  # those that finished (cost, code)
+
+    @property
+    def override(self) -> str:
+        return f"{self.key}={self.value}"
+
+
+def _validation_eval(metric: str) -> tuple[str, ...]:
+    """Evaluation overrides that measure ``metric`` alone (the validation runs need no more)."""
+    probes = "[]" if metric == "classifier" else f"[{metric}]"
+    return (f"eval.probes={probes}", "eval.baseline=false")
+
+
+def choose(table: Table, setting: Setting, scale: str, extra: tuple[str, ...], runs: Path,
+           console: Console) -> Chosen | None:
+    """Pick ``table.choose``'s value for ``setting`` on the scale's validation data.
+
+    None where the table chooses nothing, or the scale has no validation data (the recipe's
+    own value stands). Ties go to the candidate listed first.
+    """
+    choice = table.choose
+    if choice is None or scale not in VALIDATION:
+        return None
+    validation = (*VALIDATION[scale], *_validation_eval(choice.metric))
+    measured = cfg.build(overrides=overrides_for(table, scale, setting.overrides, 0, extra))
+    held = cfg.build(overrides=overrides_for(table, scale, setting.overrides, 0,
+                                             (*extra, *validation)))
+    if held.data == measured.data:
+        raise ConfigError(f"table '{table.key}': its validation runs ({' '.join(VALIDATION[scale])}) "
+                          "would use the measured runs' data; leave data.seed unset")
+    scores: dict[str, float] = {}
+    seconds: dict[str, float] = {}
+    done: list[Measurement] = []
+    for value in choice.values:
+        override = (*setting.overrides, f"{choice.key}={value}")
+        values, diverged, seconds[value] = [], 0, 0.0
+        for seed in range(choice.seeds):
+            started = time.perf_counter()
+            try:
+                m = measure(replace(table, choose=None), setting.label, override, scale, seed,
+                            (*extra, *validation), runs)
+            except TrainingDiverged:  # a step size too large for the setting: it scores 0
+                seconds[value] += time.perf_counter() - started
+                values.append(0.0)
+                diverged += 1
+                continue
+            seconds[value] += m.seconds
+            done.append(m)
+            values.append(m.trained[choice.metric])
+        scores[value] = statistics.fmean(values)
+        note = f" ({diverged} of {choice.seeds} seed(s) diverged, scored 0)" if diverged else ""
+        console.print(f"[{table.key}] {setting.label:<12} validation {choice.key}={value}: "
+                      f"{choice.metric} {100 * scores[value]:.1f}%{note}", highlight=False,
+                      markup=False, soft_wrap=True)
+    best = max(choice.values, key=lambda v: scores[v])  # max keeps the first of equal scores
+    return Chosen(setting.label, choice.key, scores, best, choice.metric, choice.seeds,
+                  seconds, done)
+
+
 def run_table(table: Table, scale: str, seeds: int, extra: tuple[str, ...], runs: Path,
-              console: Console) -> list[Measurement]:
-    """Every setting of ``table`` at seeds 0..seeds-1, printing a line per run."""
+              console: Console, chosen: dict[str, Chosen] | None = None) -> list[Measurement]:
+    """Every setting of ``table`` at seeds 0..seeds-1, printing a line per run; a setting in
+    ``chosen`` trains with its chosen value."""
+    chosen = chosen or {}
     out = []
     for seed in range(seeds):
         for setting in table.settings:
-            m = measure(table, setting.label, setting.overrides, scale, seed, extra, runs)
+            overrides = setting.overrides
+            if setting.label in chosen:
+                overrides = (*overrides, chosen[setting.label].override)
+            m = measure(table, setting.label, overrides, scale, seed, extra, runs)
             shown = "  ".join(f"{k} {100 * v:.1f}%" for k, v in m.trained.items())
             stale = ("" if m.code == code_fingerprint() else
                      f"  [trained by other code: {m.code or 'not recorded'}]")

@@ -20,6 +20,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from benchmarks.harness import (
+    Chosen,
     Finding,
     Measurement,
     assess,
@@ -177,12 +178,18 @@ def _seconds(measurements: list[Measurement]) -> float:
 
 
 def table_markdown(table: Table, measurements: list[Measurement], findings: list[Finding],
-                   seconds: float | None = None, seeds: int | None = None) -> str:
-    """A table section: every probe for the trained network and its random init, and the
-    difference, beside the paper; then the claims, with their verdicts over the suite."""
-    seconds = _seconds(measurements) if seconds is None else seconds
+                   seconds: float | None = None, seeds: int | None = None,
+                   choices: tuple[list[Chosen], str] = ([], "")) -> str:
+    """A table section: the choices made on validation data, if any; every probe for the
+    trained network and its random init, and the difference, beside the paper; then the
+    claims, with their verdicts over the suite."""
+    chosen, validation = choices
+    if seconds is None:
+        seconds = _seconds(measurements) + sum(sum(c.seconds.values()) for c in chosen)
     seeds = _seeds(measurements) if seeds is None else seeds
     lines = [f"### {table.title}", "", table.about, ""]
+    if chosen:
+        lines += [*_choice_lines(chosen, validation), ""]
     if table.curve_epochs:
         lines += _curve_lines(measurements)
     else:
@@ -198,6 +205,26 @@ def table_markdown(table: Table, measurements: list[Measurement], findings: list
                   "differences in points, paired by seed, with a 95% t interval; "
                   f"{seconds / 60:.1f} min of compute for this table.", ""]
     return "\n".join(lines)
+
+
+def _choice_lines(chosen: list[Chosen], validation: str) -> list[str]:
+    """Each setting's candidates with their validation scores, the chosen one in bold."""
+    first = chosen[0]
+    values = list(dict.fromkeys(v for c in chosen for v in c.scores))
+    lines = [f"`{first.key}` was chosen for each setting before its measured runs: each "
+             f"candidate trained at {first.seeds} seed(s) on validation data (`{validation}`: "
+             "images that no measured run trains or tests on), scored by the "
+             f"{METRIC_NAMES.get(first.metric, first.metric)} accuracy (%) on that data's test "
+             "split; the measured runs use the best, in bold (0.0: the loss diverged). A choice "
+             "at either end of the grid (marked \"edge\") might move with a wider grid.", "",
+             "| setting | " + " | ".join(f"{first.key}={v}" for v in values) + " |",
+             "|" + "---|" * (len(values) + 1)]
+    for c in chosen:
+        cells = [(f"**{100 * c.scores[v]:.1f}**" if v == c.value else f"{100 * c.scores[v]:.1f}")
+                 if v in c.scores else "-" for v in values]
+        edge = " (edge)" if len(c.scores) > 2 and c.value in (values[0], values[-1]) else ""
+        lines.append(f"| {c.setting}{edge} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def _probes(measurements: list[Measurement]) -> list[str]:
@@ -267,6 +294,40 @@ def write_csv(measurements: list[Measurement], path: Path) -> None:
                                  "" if base is None else f"{base:.4f}", "", f"{m.seconds:.1f}"])
 
 
+def write_choices(chosen: list[Chosen], validation: tuple[str, ...], path: Path) -> None:
+    """One row per (setting, candidate) of a table's choice; no file when it chose nothing."""
+    if not chosen:
+        path.unlink(missing_ok=True)  # a scale without validation data keeps no older choice
+        return
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["setting", "key", "value", "metric", "score", "chosen", "seeds",
+                         "seconds", "validation"])
+        for c in chosen:
+            for value, score in c.scores.items():
+                writer.writerow([c.setting, c.key, value, c.metric, f"{score:.4f}",
+                                 int(value == c.value), c.seeds, f"{c.seconds[value]:.1f}",
+                                 " ".join(validation)])
+
+
+def read_choices(path: Path) -> tuple[list[Chosen], str]:
+    """The choices :func:`write_choices` wrote, and the validation data they were made on."""
+    if not path.is_file():
+        return [], ""
+    chosen: dict[str, Chosen] = {}
+    validation = ""
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            c = chosen.setdefault(row["setting"], Chosen(row["setting"], row["key"], {}, "",
+                                                         row["metric"], int(row["seeds"]), {}))
+            c.scores[row["value"]] = float(row["score"])
+            c.seconds[row["value"]] = float(row["seconds"])
+            if row["chosen"] == "1":
+                c.value = row["value"]
+            validation = row["validation"]
+    return list(chosen.values()), validation
+
+
 def plot_table(table: Table, measurements: list[Measurement], path: Path) -> None:
     """Bars for every probe, trained and at random init, with error bars; or the
     accuracy-vs-epochs curve."""
@@ -326,7 +387,8 @@ def rebuild(folder: Path, relative_to: Path) -> tuple[list[tuple[str, str]], str
     sections, curves = [], []
     for key, measurements in suite.items():
         table = TABLES[key]
-        section = table_markdown(table, measurements, findings)
+        section = table_markdown(table, measurements, findings,
+                                 choices=read_choices(folder / f"{key}.choices.csv"))
         (folder / f"{key}.md").write_text(section)
         plot_table(table, measurements, folder / f"{key}.png")
         png = os.path.relpath(folder / f"{key}.png", relative_to)

@@ -39,6 +39,30 @@ SUPERVISED: dict[str, tuple[str, ...]] = {
 }
 
 
+# Where a table's Choice is made: data of the same kind as the measured runs' that none of them
+# trains or tests on. At the tiny scale, another draw of the synthetic shapes (the measured runs
+# use data.seed 0). The paper scale has none: natkit cannot hold images out of an ImageNet
+# folder yet, so its supervised rows keep the authors' own step size (the preset's).
+VALIDATION: dict[str, tuple[str, ...]] = {
+    "tiny": ("data.seed=1",),
+}
+
+
+@dataclass(frozen=True)
+class Choice:
+    """A training option chosen per setting on validation data, before any measured run.
+
+    Each candidate value trains at ``seeds`` seeds on the scale's :data:`VALIDATION` data and
+    is scored by the mean of ``metric`` there (its test split, which is not the measured
+    runs' test split); every measured run of the setting then uses the best candidate.
+    """
+
+    key: str
+    values: tuple[str, ...]
+    metric: str = "classifier"
+    seeds: int = 1
+
+
 @dataclass(frozen=True)
 class Setting:
     """One row of a table: a label, its overrides and what the paper reports for it."""
@@ -88,6 +112,7 @@ class Table:
     # recipe is trained once (the run other tables share) and re-evaluated per setting
     reevaluate: bool = False
     supervised: bool = False  # the settings train on the labels: SUPERVISED, not SCALES
+    choose: Choice | None = None  # an option each setting gets chosen on validation data
     # at most this many seeds whatever --seeds asks: for a table with no claim that more
     # seeds would decide, so that the suite's seeds go to the claims that need them
     max_seeds: int | None = None
@@ -106,6 +131,12 @@ class Table:
 
 TABLES: dict[str, Table] = {}
 
+# The supervised rows' step size, per setting: one recipe's step size does not suit every loss
+# and input (at natkit's 0.05 the square loss had barely moved by the last step, and raw pixels
+# blew the loss up during the warm-up), so each setting gets the best of a grid spaced by
+# factors of 4 around 0.05, chosen on validation data. A step size that diverges stops early.
+STEP_SIZE = Choice("train.lr", ("0.003125", "0.0125", "0.05", "0.2", "0.8", "3.2"))
+
 
 def _add(table: Table) -> None:
     TABLES[table.key] = table
@@ -114,12 +145,15 @@ def _add(table: Table) -> None:
 _add(Table(
     key="loss",
     title="Table 1: softmax vs square loss (supervised)",
-    about="Supervised training on the same backbone with the two losses (the supervised "
-          "recipe: at the tiny scale 24 epochs, 168 SGD steps, the step size annealed to a "
-          "tenth by the last one). The paper reports them on par for ImageNet classification.",
+    about="Supervised training on the same backbone with the two losses, on the scale's "
+          "supervised recipe (tiny: twice the NAT runs' steps, the step size annealed to a "
+          "tenth by the last one; paper: the authors' supervised AlexNet), each setting with "
+          "its own step size where the scale has validation data to choose it on. The paper "
+          "reports them on par for ImageNet classification.",
     settings=(Setting("softmax", ("method.loss=softmax",), "on par"),
               Setting("square", ("method.loss=square",), "on par")),
     supervised=True,
+    choose=STEP_SIZE,
     metrics=("classifier", "linear"),
     claims=(Claim("softmax and square loss are on par", "on_par", "softmax", "square",
                   ("classifier",)),
@@ -130,12 +164,14 @@ _add(Table(
 _add(Table(
     key="preprocess",
     title="Table 2: input preprocessing (supervised)",
-    about="Supervised training (the recipe of Table 1) with raw pixels, high-pass filtered and "
-          "Sobel inputs. The paper reports the three on par when labels are available.",
+    about="Supervised training (the recipe of Table 1, each setting with its own step size) "
+          "with raw pixels, high-pass filtered and Sobel inputs. The paper reports the three on "
+          "par when labels are available.",
     settings=(Setting("clean", ("preprocess.name=clean",), "on par"),
               Setting("high-pass", ("preprocess.name=highpass",), "on par"),
               Setting("sobel", ("preprocess.name=sobel",), "on par")),
     supervised=True,
+    choose=STEP_SIZE,
     metrics=("classifier", "linear"),
     claims=(Claim("clean and Sobel inputs are on par (supervised)", "on_par", "clean", "sobel",
                   ("classifier",)),

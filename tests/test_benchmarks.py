@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from dataclasses import replace
@@ -12,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from rich.console import Console
 from scipy import stats
 from typer.testing import CliRunner
 
@@ -19,10 +21,21 @@ from benchmarks import harness, report
 from benchmarks.__main__ import app
 from benchmarks.harness import Measurement, Stat, assess, claim_values, measure
 from benchmarks.stats import EQUIVALENCE_MARGIN, decide, holm, paired, seeds_to_decide
-from benchmarks.tables import BASIS_32, RANDOM_INIT, SCALES, SPHERE, TABLES, Claim, Setting
+from benchmarks.tables import (
+    BASIS_32,
+    RANDOM_INIT,
+    SCALES,
+    SPHERE,
+    TABLES,
+    VALIDATION,
+    Choice,
+    Claim,
+    Setting,
+)
 from natkit import builders
 from natkit import config as cfg
 from natkit.checkpoint import CHECKPOINT
+from natkit.errors import ConfigError
 
 runner = CliRunner()
 
@@ -531,3 +544,76 @@ def test_running_one_table_refreshes_its_section_of_results_md(host, tmp_path):
     assert "| hungarian |" in text and text.endswith("speed\n")  # the rest stays as it was
     added = replace_table_section(text, "New table", "### New table\n\nx\n\n![New](n.png)\n")
     assert added.index("### New table") < added.index("### Speed")
+
+
+# ---------------------------------------------------------------- choices on validation data
+
+
+def _one_setting(values):
+    table = TABLES["loss"]
+    return replace(table, settings=table.settings[:1], choose=Choice("train.lr", values))
+
+
+def test_a_choice_is_made_on_validation_data_and_the_measured_runs_use_it(host, tmp_path):
+    table = _one_setting(("0.001", "0.05"))
+    out = io.StringIO()
+    console = Console(file=out, width=200)
+    chosen = harness.choose(table, table.settings[0], "tiny", tuple(MINIMAL), tmp_path, console)
+    assert set(chosen.scores) == {"0.001", "0.05"} and len(chosen.runs) == 2
+    best = max(chosen.scores.values())
+    assert chosen.scores[chosen.value] == best
+    assert chosen.value == next(v for v in ("0.001", "0.05") if chosen.scores[v] == best)
+    for m, lr in zip(chosen.runs, ("0.001", "0.05"), strict=True):
+        trained = builders.read_run_config(harness.Path(m.run_dir))
+        # another draw of the shapes, only the classifier measured, the candidate's step size
+        assert trained.data["seed"] == 1 and trained.eval.probes == []
+        assert not trained.eval.baseline and trained.train.lr == float(lr)
+        assert m.trained["classifier"] == chosen.scores[lr]
+    assert out.getvalue().count("validation train.lr=") == 2
+    measured = harness.run_table(table, "tiny", 1, tuple(MINIMAL), tmp_path, console,
+                                 {"softmax": chosen})
+    config = builders.read_run_config(harness.Path(measured[0].run_dir))
+    assert config.data["seed"] == 0 and config.train.lr == float(chosen.value)
+    assert measured[0].run_dir not in {m.run_dir for m in chosen.runs}
+    # made again, the choice reads its runs back
+    again = harness.choose(table, table.settings[0], "tiny", tuple(MINIMAL), tmp_path, console)
+    assert again.scores == chosen.scores and again.value == chosen.value
+
+
+def test_a_step_size_that_diverges_scores_zero_and_is_not_chosen(host, tmp_path):
+    table = _one_setting(("1e9", "0.05"))
+    console = Console(file=io.StringIO())
+    chosen = harness.choose(table, table.settings[0], "tiny", tuple(MINIMAL), tmp_path, console)
+    assert chosen.scores["1e9"] == 0.0 and chosen.value == "0.05"
+    assert "(1 of 1 seed(s) diverged, scored 0)" in console.file.getvalue()
+
+
+def test_a_choice_refuses_validation_data_equal_to_the_measured_data(host, tmp_path):
+    table = _one_setting(("0.05",))
+    with pytest.raises(ConfigError, match="measured runs' data"):
+        harness.choose(table, table.settings[0], "tiny", (*MINIMAL, "data.seed=1"), tmp_path,
+                       Console(file=io.StringIO()))
+    # a scale without validation data keeps the recipe's own value: nothing is chosen
+    assert harness.choose(table, table.settings[0], "paper", (), tmp_path, Console()) is None
+    assert "paper" not in VALIDATION
+
+
+def test_choices_read_back_and_show_in_their_table(tmp_path):
+    chosen = [harness.Chosen("softmax", "train.lr", {"0.01": 0.5, "0.1": 0.9, "1": 0.0}, "0.1",
+                             "classifier", 1, {"0.01": 40.0, "0.1": 41.0, "1": 3.0}),
+              harness.Chosen("square", "train.lr", {"0.01": 0.2, "0.1": 0.3, "1": 0.6}, "1",
+                             "classifier", 1, {"0.01": 40.0, "0.1": 41.0, "1": 42.0})]
+    path = tmp_path / "loss.choices.csv"
+    report.write_choices(chosen, ("data.seed=1",), path)
+    back, validation = report.read_choices(path)
+    assert validation == "data.seed=1"
+    assert [(c.setting, c.value, c.scores, c.seconds) for c in back] == [
+        (c.setting, c.value, c.scores, c.seconds) for c in chosen]
+    text = report.table_markdown(TABLES["loss"], [], [], choices=(back, validation))
+    assert "| setting | train.lr=0.01 | train.lr=0.1 | train.lr=1 |" in text
+    assert "| softmax | 50.0 | **90.0** | 0.0 |" in text
+    assert "| square (edge) | 20.0 | 30.0 | **60.0** |" in text
+    assert "`data.seed=1`" in text and "classifier (supervised) accuracy" in text
+    assert f"{(84 + 123) / 60:.1f} min of compute" in text  # the choices' runs are counted
+    report.write_choices([], (), path)  # a scale that chose nothing leaves no older choice
+    assert not path.exists() and report.read_choices(path) == ([], "")
