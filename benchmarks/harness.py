@@ -7,7 +7,8 @@ back, a run with a checkpoint is resumed. A record measured under an older
 evaluation protocol (:data:`PROTOCOL`) is measured again, without retraining.
 A table of evaluation settings (``Table.reevaluate``, the per-layer probe)
 re-evaluates the base recipe's checkpoints; its records lie in the run's
-``reevaluated/`` folder.
+``reevaluated/`` folder. A table that chooses a training option per setting
+(``Table.choose``) first trains each candidate on validation data (:func:`choose`).
 """
 
 from __future__ import annotations
