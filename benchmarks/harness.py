@@ -46,6 +46,7 @@ from natkit.evaluation.protocol import evaluate, evaluate_run
 from natkit.evaluation.snapshots import evaluate_snapshot
 
 RECORD = "bench.json"
+DIVERGED = "diverged.json"  # a validation run whose loss diverged: what it cost, no accuracy
 REEVALUATED = "reevaluated"  # <run>/reevaluated/<hash of the evaluation's config>.json
 # What a record's numbers mean; bumped when the evaluation changes what it measures, so that
 # older records are evaluated again. 2: the trained network's BatchNorm statistics, too, are
@@ -259,7 +260,7 @@ class Chosen:
     metric: str
     seeds: int
     seconds: dict[str, float]  # candidate value -> what its validation runs cost
-    runs: list[Measurement] = field(default_factory=list)  # those that finished (cost, code)
+    runs: list[Measurement] = field(default_factory=list)  # the validation runs (cost, code)
 
     @property
     def override(self) -> str:
@@ -282,6 +283,9 @@ def choose(table: Table, setting: Setting, scale: str, extra: tuple[str, ...], r
     choice = table.choose
     if choice is None or scale not in VALIDATION:
         return None
+    if any(o.partition("=")[0].strip() == choice.key for o in extra):
+        raise ConfigError(f"--set {choice.key}: table '{table.key}' chooses {choice.key} per "
+                          "setting on validation data; leave it unset")
     validation = (*VALIDATION[scale], *_validation_eval(choice.metric))
     measured = cfg.build(overrides=overrides_for(table, scale, setting.overrides, 0, extra))
     held = cfg.build(overrides=overrides_for(table, scale, setting.overrides, 0,
@@ -296,18 +300,15 @@ def choose(table: Table, setting: Setting, scale: str, extra: tuple[str, ...], r
         override = (*setting.overrides, f"{choice.key}={value}")
         values, diverged, seconds[value] = [], 0, 0.0
         for seed in range(choice.seeds):
-            started = time.perf_counter()
-            try:
-                m = measure(replace(table, choose=None), setting.label, override, scale, seed,
-                            (*extra, *validation), runs)
-            except TrainingDiverged:  # a step size too large for the setting: it scores 0
-                seconds[value] += time.perf_counter() - started
-                values.append(0.0)
-                diverged += 1
-                continue
+            m = _validation_run(replace(table, choose=None), setting.label, override, scale,
+                                seed, (*extra, *validation), runs)
             seconds[value] += m.seconds
             done.append(m)
-            values.append(m.trained[choice.metric])
+            if choice.metric in m.trained:
+                values.append(m.trained[choice.metric])
+            else:  # a step size too large for the setting: it scores 0
+                values.append(0.0)
+                diverged += 1
         scores[value] = statistics.fmean(values)
         note = f" ({diverged} of {choice.seeds} seed(s) diverged, scored 0)" if diverged else ""
         console.print(f"[{table.key}] {setting.label:<12} validation {choice.key}={value}: "
@@ -316,6 +317,25 @@ def choose(table: Table, setting: Setting, scale: str, extra: tuple[str, ...], r
     best = max(choice.values, key=lambda v: scores[v])  # max keeps the first of equal scores
     return Chosen(setting.label, choice.key, scores, best, choice.metric, choice.seeds,
                   seconds, done)
+
+
+def _validation_run(table: Table, label: str, overrides: tuple[str, ...], scale: str,
+                    seed: int, extra: tuple[str, ...], runs: Path) -> Measurement:
+    """:func:`measure`, except that a run whose loss diverges is recorded as such (what it
+    cost, no accuracy) and read back, rather than retrained by every invocation."""
+    config = cfg.build(overrides=overrides_for(table, scale, overrides, seed, extra))
+    record = runs / run_key(config) / DIVERGED
+    found, _, _ = _read_record(record, label)
+    if found is not None:
+        return found
+    started = time.perf_counter()
+    try:
+        return measure(table, label, overrides, scale, seed, extra, runs)
+    except TrainingDiverged:
+        result = Measurement(label, seed, {}, {}, time.perf_counter() - started,
+                             str(record.parent), code=code_fingerprint())
+        atomic_write_json(record, _record(result))
+        return result
 
 
 def run_table(table: Table, scale: str, seeds: int, extra: tuple[str, ...], runs: Path,

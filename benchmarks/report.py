@@ -215,14 +215,16 @@ def _choice_lines(chosen: list[Chosen], validation: str) -> list[str]:
              f"candidate trained at {first.seeds} seed(s) on validation data (`{validation}`: "
              "images that no measured run trains or tests on), scored by the "
              f"{METRIC_NAMES.get(first.metric, first.metric)} accuracy (%) on that data's test "
-             "split; the measured runs use the best, in bold (0.0: the loss diverged). A choice "
-             "at either end of the grid (marked \"edge\") might move with a wider grid.", "",
+             "split; the measured runs use the best, in bold, the first of equal scores (0.0: "
+             "the loss diverged). Where a best score lies at either end of the grid (marked "
+             "\"edge\"), a wider grid might choose otherwise.", "",
              "| setting | " + " | ".join(f"{first.key}={v}" for v in values) + " |",
              "|" + "---|" * (len(values) + 1)]
     for c in chosen:
         cells = [(f"**{100 * c.scores[v]:.1f}**" if v == c.value else f"{100 * c.scores[v]:.1f}")
                  if v in c.scores else "-" for v in values]
-        edge = " (edge)" if len(c.scores) > 2 and c.value in (values[0], values[-1]) else ""
+        best = [v for v, score in c.scores.items() if score == c.scores[c.value]]
+        edge = " (edge)" if len(c.scores) > 2 and {values[0], values[-1]} & set(best) else ""
         lines.append(f"| {c.setting}{edge} | " + " | ".join(cells) + " |")
     return lines
 
@@ -387,8 +389,10 @@ def rebuild(folder: Path, relative_to: Path) -> tuple[list[tuple[str, str]], str
     sections, curves = [], []
     for key, measurements in suite.items():
         table = TABLES[key]
-        section = table_markdown(table, measurements, findings,
-                                 choices=read_choices(folder / f"{key}.choices.csv"))
+        # a table that chooses nothing shows no choice, whatever file lies beside its CSV
+        choices = (read_choices(folder / f"{key}.choices.csv") if table.choose is not None
+                   else ([], ""))
+        section = table_markdown(table, measurements, findings, choices=choices)
         (folder / f"{key}.md").write_text(section)
         plot_table(table, measurements, folder / f"{key}.png")
         png = os.path.relpath(folder / f"{key}.png", relative_to)

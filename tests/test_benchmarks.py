@@ -69,6 +69,20 @@ def test_every_table_and_the_speed_suite_run_and_write_results(host, tmp_path):
         assert labels == {s.label for s in table.settings}
     assert "python -m benchmarks all" in text and "machine:" in text
     assert "33.5 (u)" in text  # the paper's reported values stand beside the measurements
+    # the supervised tables chose their step sizes on validation data, and trained with them
+    from benchmarks.report import read_choices
+
+    folder = tmp_path / "results" / "tiny"
+    choices, validation = read_choices(folder / "loss.choices.csv")
+    assert {c.setting for c in choices} == {"softmax", "square"} and validation == "data.seed=1"
+    assert "`train.lr` was chosen for each setting" in text
+    assert not (folder / "solver.choices.csv").exists()
+    records = [json.loads(r.read_text()) for r in (tmp_path / "runs").rglob(harness.RECORD)]
+    square = next(c for c in choices if c.setting == "square")
+    measured = [r for r in records if r["setting"] == "square"
+                and builders.read_run_config(harness.Path(r["run_dir"])).data["seed"] == 0]
+    assert {builders.read_run_config(harness.Path(r["run_dir"])).train.lr
+            for r in measured} == {float(square.value)}
 
 
 def test_finished_runs_are_reused(host, tmp_path, monkeypatch):
@@ -583,12 +597,38 @@ def test_a_choice_is_made_on_validation_data_and_the_measured_runs_use_it(host, 
     assert again.scores == chosen.scores and again.value == chosen.value
 
 
-def test_a_step_size_that_diverges_scores_zero_and_is_not_chosen(host, tmp_path):
+def test_a_step_size_that_diverges_scores_zero_and_is_not_chosen(host, tmp_path, monkeypatch):
     table = _one_setting(("1e9", "0.05"))
     console = Console(file=io.StringIO())
     chosen = harness.choose(table, table.settings[0], "tiny", tuple(MINIMAL), tmp_path, console)
     assert chosen.scores["1e9"] == 0.0 and chosen.value == "0.05"
     assert "(1 of 1 seed(s) diverged, scored 0)" in console.file.getvalue()
+    diverged = chosen.runs[0]
+    assert diverged.trained == {} and diverged.seconds > 0  # its cost is counted
+    assert (harness.Path(diverged.run_dir) / harness.DIVERGED).is_file()
+    # read back on the next invocation, not trained (nor diverged) again
+    monkeypatch.setattr(harness, "_train", None)
+    again = harness.choose(table, table.settings[0], "tiny", tuple(MINIMAL), tmp_path,
+                           Console(file=io.StringIO()))
+    assert again.scores == chosen.scores and again.seconds == chosen.seconds
+
+
+def test_a_choice_refuses_a_value_set_for_every_run(host, tmp_path):
+    table = _one_setting(("0.01", "0.05"))
+    with pytest.raises(ConfigError, match="--set train.lr: table 'loss' chooses train.lr"):
+        harness.choose(table, table.settings[0], "tiny", (*MINIMAL, "train.lr=0.3"), tmp_path,
+                       Console(file=io.StringIO()))
+    result = runner.invoke(app, ["loss", "--seeds", "1", *sets([*MINIMAL, "train.lr=0.3"]),
+                                 "--out", str(tmp_path / "r"), "--runs", str(tmp_path / "runs")])
+    assert result.exit_code == 2 and "leave it unset" in result.output
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.pt"))
+
+
+def test_a_choice_needs_a_table_that_trains_its_candidates():
+    with pytest.raises(ValueError, match="table of evaluations"):
+        replace(TABLES["layers"], choose=Choice("train.lr", ("0.01",), "linear"))
+    with pytest.raises(ValueError, match="only supervised runs have a classifier"):
+        replace(TABLES["targets"], choose=Choice("train.lr", ("0.01",)))
 
 
 def test_a_choice_refuses_validation_data_equal_to_the_measured_data(host, tmp_path):
@@ -616,7 +656,30 @@ def test_choices_read_back_and_show_in_their_table(tmp_path):
     assert "| setting | train.lr=0.01 | train.lr=0.1 | train.lr=1 |" in text
     assert "| softmax | 50.0 | **90.0** | 0.0 |" in text
     assert "| square (edge) | 20.0 | 30.0 | **60.0** |" in text
+    # a best score tied at the end of the grid is at its edge too, whichever of them is chosen
+    tied = replace(chosen[0], scores={"0.01": 0.5, "0.1": 0.9, "1": 0.9})
+    assert "| softmax (edge) | 50.0 | **90.0** | 90.0 |" in report.table_markdown(
+        TABLES["loss"], [], [], choices=([tied], validation))
     assert "`data.seed=1`" in text and "classifier (supervised) accuracy" in text
     assert f"{(84 + 123) / 60:.1f} min of compute" in text  # the choices' runs are counted
     report.write_choices([], (), path)  # a scale that chose nothing leaves no older choice
     assert not path.exists() and report.read_choices(path) == ([], "")
+
+
+def test_report_shows_the_choices_of_a_table_that_chooses_and_of_no_other(tmp_path):
+    folder = tmp_path / "results" / "tiny"
+    _synthetic_csvs(folder)
+    report.write_csv([Measurement(label, seed, {"classifier": 0.9, "linear": 0.95},
+                                  {"linear": 0.58}, 50.0, "")
+                      for seed in range(3) for label in ("softmax", "square")],
+                     folder / "loss.csv")
+    choice = harness.Chosen("softmax", "train.lr", {"0.01": 0.5, "0.1": 0.9}, "0.1",
+                            "classifier", 1, {"0.01": 40.0, "0.1": 41.0})
+    report.write_choices([choice], ("data.seed=1",), folder / "loss.choices.csv")
+    report.write_choices([choice], ("data.seed=1",), folder / "solver.choices.csv")  # stray
+    result = runner.invoke(app, ["report", "--out", str(tmp_path / "results"),
+                                 "--results", str(tmp_path / "RESULTS.md")])
+    assert result.exit_code == 0, result.output
+    assert "| softmax | 50.0 | **90.0** |" in (folder / "loss.md").read_text()
+    assert "was chosen" not in (folder / "solver.md").read_text()
+    assert "| softmax | 50.0 | **90.0** |" in (tmp_path / "RESULTS.md").read_text()
