@@ -28,8 +28,9 @@ from typer.testing import CliRunner
 from natkit import config as cfg
 from natkit.cli import app
 from natkit.plugins import PluginHost
-from natkit.registry import CONTEXT_PARAMS, INT_LIMIT, Bounds, split_annotated
+from natkit.registry import CONTEXT_PARAMS
 from natkit.testing import TINY
+from natkit.values import INT_LIMIT, Bounds, split_annotated
 
 runner = CliRunner()
 

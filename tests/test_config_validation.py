@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 from natkit import config
 from natkit.cli import app
 from natkit.errors import ConfigError, NatkitError
-from natkit.registry import Bounds, OptionError, coerce
 from natkit.testing import TINY
+from natkit.values import Bounds, OptionError, coerce
 
 runner = CliRunner()
 

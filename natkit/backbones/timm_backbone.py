@@ -30,7 +30,7 @@ from torch import nn
 
 from natkit.backbones.base import Backbone
 from natkit.errors import ConfigError, UnknownComponentError, did_you_mean
-from natkit.registry import OptionError, coerce, shown
+from natkit.values import OptionError, coerce, shown
 
 _NO_WEIGHTS = ("natkit builds timm models at random initialisation: it cannot download weights, "
                "and a pretrained network would defeat the comparison with the random-init "

@@ -21,7 +21,7 @@ import torch
 from scipy.ndimage import gaussian_filter
 
 from natkit.datasets.base import TensorImageDataset
-from natkit.registry import Bounds, OptionError
+from natkit.values import Bounds, OptionError
 
 CLASSES = ("disc", "ring", "square", "triangle", "star", "cross", "crescent", "hexagon",
            "heart", "arrow")

@@ -11,6 +11,7 @@ from importlib import resources
 from typing import Any
 
 from natkit.errors import ConfigError, did_you_mean, format_choices
+from natkit.yamlio import safe_yaml
 
 
 def _files() -> dict[str, Any]:
@@ -35,7 +36,6 @@ def text(name: str) -> str:
 
 def load(name: str) -> dict[str, Any]:
     """Preset ``name`` as a config layer (a plain dict)."""
-    from natkit.config import safe_yaml
 
     data = safe_yaml(text(name), f"preset '{name}'")
     return data or {}

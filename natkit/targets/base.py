@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from natkit.registry import OptionError
+from natkit.values import OptionError
 
 _M32 = 0xFFFFFFFF
 

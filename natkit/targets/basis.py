@@ -7,8 +7,8 @@ from typing import Annotated, Any
 import torch
 import torch.nn.functional as F
 
-from natkit.registry import Bounds, OptionError
 from natkit.targets.base import Targets
+from natkit.values import Bounds, OptionError
 
 
 class BasisTargets(Targets):

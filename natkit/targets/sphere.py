@@ -7,8 +7,8 @@ from typing import Annotated
 import torch
 import torch.nn.functional as F
 
-from natkit.registry import Bounds
 from natkit.targets.base import Targets, hashed_normal
+from natkit.values import Bounds
 
 
 class SphereTargets(Targets):

@@ -21,8 +21,8 @@ import torch.nn.functional as F
 
 import natkit
 from natkit.methods import Batch, Method, MethodContext, StepLoss
-from natkit.registry import Bounds, OptionError
 from natkit.runview import RunView
+from natkit.values import Bounds, OptionError
 from natkit_sela.balanced import balanced_labels
 
 
