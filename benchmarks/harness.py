@@ -40,7 +40,8 @@ from benchmarks.tables import (
 )
 from natkit import builders, engine
 from natkit import config as cfg
-from natkit.checkpoint import CHECKPOINT, atomic_write_json, load_checkpoint
+from natkit import files
+from natkit.checkpoint import CHECKPOINT, load_checkpoint
 from natkit.errors import ConfigError, TrainingDiverged
 from natkit.evaluation.protocol import evaluate, evaluate_run
 from natkit.evaluation.snapshots import evaluate_snapshot
@@ -188,7 +189,7 @@ def measure(table: Table, label: str, setting_overrides: tuple[str, ...], scale:
     result = Measurement(label, seed, trained, baseline,
                          first_cost or time.perf_counter() - started, str(run_dir), curve,
                          trained_by)
-    atomic_write_json(record, _record(result))
+    files.write_json(record, _record(result))
     return result
 
 
@@ -218,7 +219,7 @@ def _reevaluate(table: Table, label: str, setting_overrides: tuple[str, ...], sc
     result = Measurement(label, seed, trained, baseline, time.perf_counter() - started,
                          str(record.with_suffix("")), code=base.code)
     record.parent.mkdir(exist_ok=True)
-    atomic_write_json(record, _record(result))
+    files.write_json(record, _record(result))
     return result
 
 
@@ -334,7 +335,7 @@ def _validation_run(table: Table, label: str, overrides: tuple[str, ...], scale:
     except TrainingDiverged:
         result = Measurement(label, seed, {}, {}, time.perf_counter() - started,
                              str(record.parent), code=code_fingerprint())
-        atomic_write_json(record, _record(result))
+        files.write_json(record, _record(result))
         return result
 
 

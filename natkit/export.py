@@ -22,13 +22,15 @@ from typing import Any
 
 import torch
 
-import natkit
 from natkit import config as cfg
 from natkit.builders import input_size, load_dataset, read_run_config
 from natkit.checkpoint import CHECKPOINT, load_checkpoint
 from natkit.errors import CheckpointError
 from natkit.evaluation.checks import require_finite
-from natkit.outputs import check_output_file, output_errors, write_files
+from natkit.files import write_files
+from natkit.outputs import check_output_file, output_errors
+from natkit.plugins import registry
+from natkit.version import __version__
 
 PREFIX = "backbone."
 TIMM_PREFIX = "model."  # natkit's timm wrapper holds the timm model as .model
@@ -64,7 +66,7 @@ def export(run_dir: Path, out: Path, *, force: bool = False) -> dict[str, Any]:
     if not weights:
         raise CheckpointError(f"checkpoint '{run_dir / CHECKPOINT}' holds no backbone weights")
     dataset = load_dataset(config, "test")
-    preprocess = natkit.create_preprocess(config.preprocess["name"], in_channels=dataset.channels,
+    preprocess = registry("preprocess").create(config.preprocess["name"], in_channels=dataset.channels,
                                           **cfg.component_options(config.preprocess))
     options = {k: v for k, v in config.backbone.items() if k != "name"}
     size = input_size(config, dataset)  # augment.crop_size: the centre crop of the loaded image
@@ -82,7 +84,7 @@ def export(run_dir: Path, out: Path, *, force: bool = False) -> dict[str, Any]:
                   "note": note},
         "load_with": _how_to_load(name, options, preprocess.out_channels, size),
         "epochs_trained": int(state["epoch"]),
-        "natkit_version": natkit.__version__,
+        "natkit_version": __version__,
         "source": str(run_dir),
     }
     buffer = io.BytesIO()

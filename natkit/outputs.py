@@ -1,4 +1,4 @@
-"""Files natkit writes where the user points it: refusals of the system as one line, atomic writes.
+"""Files natkit writes where the user points it: the system's refusals as one line naming the option.
 
 A path the system refuses (a name over 255 bytes, a read-only or unwritable
 directory, /proc, a full disk) costs one line naming the option and the path;
@@ -14,50 +14,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from natkit.errors import OutputError
+from natkit.files import describe_os_error
 
-# What the system's refusal of a path means, by errno: the reason is never read from the
-# exception's text.
-_REASONS = {
-    errno.ENAMETOOLONG: "the path or a name in it is too long",
-    errno.EACCES: "permission denied",
-    errno.EPERM: "the system does not allow it",
-    errno.EROFS: "the file system is read-only",
-    errno.ENOSPC: "no space is left on the device",
-    errno.EDQUOT: "the disk quota is exceeded",
-    errno.EFBIG: "the file would be too large",
-    errno.ENOTDIR: "a part of the path is not a directory",
-    errno.EEXIST: "a part of the path exists and is not a directory",
-    errno.EISDIR: "it is a directory",
-    errno.ENOENT: "a directory on the path is missing and cannot be created there",
-    errno.ELOOP: "the path has too many symbolic links",
-    errno.EIO: "an input/output error of the device",
-}
 # Errors of a write that name no file, which can only come from the file being written.
 _WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
-
-
-def _too_long_name(path: Path) -> str:
-    """The first name in ``path`` over the file system's limit, described; '' if none is."""
-    limit = 255
-    with contextlib.suppress(OSError, ValueError):
-        anchor = next((p for p in (path, *path.parents) if os.path.isdir(p)), Path("."))
-        limit = os.pathconf(anchor, "PC_NAME_MAX")
-    for part in path.parts:
-        size = len(os.fsencode(part))
-        if size > limit:
-            return f"the name '{part[:24]}...' is {size} bytes; the limit is {limit}"
-    return ""
-
-
-def describe_os_error(exc: OSError) -> str:
-    """Why the system refused, from the error's errno."""
-    reason = _REASONS.get(exc.errno or 0) or (os.strerror(exc.errno) if exc.errno
-                                               else type(exc).__name__)
-    if exc.errno == errno.ENAMETOOLONG:
-        details = [_too_long_name(Path(os.fsdecode(name)))
-                   for name in (exc.filename, exc.filename2) if name is not None]
-        reason = next((d for d in details if d), reason)
-    return reason
 
 
 def _related(exc: OSError, paths: tuple[Path, ...]) -> bool:
@@ -117,39 +77,3 @@ def check_output_file(out: Path, force: bool, option: str = "--out") -> list[Pat
                 raise OutputError(f"{option}: '{path}' already exists{what}; use --force to "
                                   "overwrite it")
     return files
-
-
-def write_files(contents: dict[Path, bytes]) -> None:
-    """Write every file to a temporary file beside it, then rename each into place.
-
-    Nothing is renamed until every file is written and flushed to disk, so a
-    failure leaves all of them as they were. The temporary names are short, so a
-    name near the 255-byte limit still fits.
-    """
-    staged: list[tuple[Path, Path]] = []
-    current = None
-    try:
-        for i, (path, data) in enumerate(contents.items()):
-            current = path
-            tmp = path.with_name(f".natkit-{os.getpid()}-{i}.tmp")
-            staged.append((tmp, path))
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-        for tmp, path in staged:
-            current = path
-            os.replace(tmp, path)
-    except OSError as exc:  # about the file being written, not its temporary name
-        raise OSError(exc.errno, exc.strerror, os.fspath(current)) from None
-    finally:
-        for tmp, _ in staged:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-    for parent in {path.parent for path in contents}:  # make the renames durable
-        with contextlib.suppress(OSError):
-            fd = os.open(parent, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)

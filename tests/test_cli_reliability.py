@@ -302,7 +302,7 @@ def test_export_to_a_directory_is_one_line(host, tmp_path):
 
 def test_a_failed_export_write_keeps_the_previous_file_and_leaves_no_temporary(
         host, tmp_path, monkeypatch):
-    from natkit import outputs as export_module
+    from natkit import files
 
     run_dir = trained(tmp_path)
     out = tmp_path / "bb.pt"
@@ -311,9 +311,10 @@ def test_a_failed_export_write_keeps_the_previous_file_and_leaves_no_temporary(
     def full(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(export_module.os, "fsync", full)
+    monkeypatch.setattr(files.os, "fsync", full)
     error = one_error(runner.invoke(app, ["export", str(run_dir), "--out", str(out), "--force"]))
-    assert error == f"error: --out: cannot write '{out}': no space is left on the device"
+    assert error == (f"error: --out: cannot write '{out}': no space is left on the device; "
+                     "the previous file is kept")
     assert out.read_bytes() == b"previous" and not (tmp_path / "bb.pt.json").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bb.pt", "run"]
 
@@ -398,7 +399,7 @@ def test_a_read_only_place_for_the_run_directory_is_one_line(host, tmp_path, mon
 
 
 def test_a_read_only_file_system_under_export_is_one_line(host, tmp_path, monkeypatch):
-    from natkit import outputs as export_module
+    from natkit import files
 
     run_dir = trained(tmp_path)
     out = tmp_path / "bb.pt"
@@ -406,18 +407,19 @@ def test_a_read_only_file_system_under_export_is_one_line(host, tmp_path, monkey
     def read_only(path, *args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
 
-    monkeypatch.setattr(export_module, "open", read_only, raising=False)
+    monkeypatch.setattr(files, "open", read_only, raising=False)
     error = one_error(runner.invoke(app, ["export", str(run_dir), "--out", str(out)]))
-    assert error == f"error: --out: cannot write '{out}': the file system is read-only"
+    assert error == (f"error: --out: cannot write '{out}': the file system is read-only; "
+                     "nothing was written")
 
 
 def test_a_full_disk_during_training_names_the_option(host, tmp_path, monkeypatch):
-    from natkit import checkpoint
+    from natkit import files
 
     def full(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(checkpoint.os, "fsync", full)
+    monkeypatch.setattr(files.os, "fsync", full)
     run_dir = tmp_path / "run"
     error = one_error(runner.invoke(app, ["run", "--out", str(run_dir), "--no-eval",
                                           *tiny_args()]))

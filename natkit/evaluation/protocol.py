@@ -33,12 +33,12 @@ from rich.console import Console
 from rich.table import Table
 
 from natkit import config as cfg
+from natkit import files
 from natkit.builders import build_method, initial_network, load_dataset, pick_device, read_run_config
 from natkit.checkpoint import (
     CHECKPOINT,
     METRICS,
     RESULTS,
-    atomic_write_json,
     load_checkpoint,
     read_metrics,
 )
@@ -401,8 +401,8 @@ def evaluate_run(run_dir: Path, *, console: Console | None = None,
                               f"{str(exc).splitlines()[0][:200]}") from None
     out["details"]["epochs_trained"] = int(state["epoch"])
     out["details"]["step"] = int(state.get("step", 0))
-    atomic_write_json(run_dir / RESULTS, out["results"])
-    atomic_write_json(run_dir / DETAILS, out["details"])
+    files.write_json(run_dir / RESULTS, out["results"])
+    files.write_json(run_dir / DETAILS, out["details"])
     console.print(results_table(out["results"], out["details"]))
     return out
 

@@ -17,11 +17,11 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from natkit import files
 from natkit.builders import read_run_config
 from natkit.checkpoint import (
     CHECKPOINT,
     SNAPSHOTS,
-    atomic_write_json,
     load_checkpoint,
     snapshot_epochs,
     snapshot_path,
@@ -76,7 +76,7 @@ def _evaluate_epoch(run_dir: Path, epoch: int, *, baseline: bool,
                           checkpoint=str(path.relative_to(run_dir)))
     target = result_path(run_dir, epoch)
     target.parent.mkdir(exist_ok=True)
-    atomic_write_json(target, out)
+    files.write_json(target, out)
     return out
 
 
@@ -121,7 +121,7 @@ def evaluate_curve(run_dir: Path, *, console: Console | None = None,
             if "random_init" in accs:
                 curve.setdefault(0, {}).setdefault(probe, accs["random_init"])
     curve = dict(sorted(curve.items()))
-    atomic_write_json(run_dir / CURVE, {str(e): accs for e, accs in curve.items()})
+    files.write_json(run_dir / CURVE, {str(e): accs for e, accs in curve.items()})
     tmp = run_dir / f".curve.tmp-{os.getpid()}.png"
     try:
         plot_curve(curve, tmp)
