@@ -7,8 +7,7 @@ from typing import Any
 from natkit.errors import NatkitError
 from natkit.hookspecs import hookimpl
 from natkit.plugins import get_host, registry
-
-__version__ = "0.1.0"
+from natkit.version import __version__
 
 __all__ = [
     "NatkitError",

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from natkit.transfer import to_float
 
 
 def random_resized_crop(images: torch.Tensor, generator: torch.Generator,
@@ -96,3 +99,18 @@ def _check_range(name: str, values: Sequence[float], upper: float = math.inf) ->
     if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high <= upper):
         bound = f" <= {upper:g}" if math.isfinite(upper) else ""
         raise ValueError(f"{name} must be [low, high] with 0 < low <= high{bound}, got {list(values)}")
+
+
+def augment_batch(images: torch.Tensor, options: Any, generator: torch.Generator,
+                  part: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    """A training batch, augmented as ``options`` (a config's ``augment`` section) says.
+
+    Fixed-size crops (``crop_size``, the authors' recipe) are cut from uint8 images
+    before they become floats; random resized crops are taken of the floats.
+    ``part`` is this rank's (offset, global batch size), so that every rank draws
+    the global batch's augmentations and applies its own share.
+    """
+    if options.crop_size is not None:
+        return to_float(random_crop(images, generator, options.crop_size, options.flip, part=part))
+    return random_resized_crop(to_float(images), generator, options.crop_scale, options.crop_ratio,
+                               options.flip, part=part)

@@ -1,18 +1,19 @@
 """Builders shared by training, evaluation, export and the benchmarks.
 
-They turn a resolved config into the pieces of a run: its device, dataset
-splits, training method and network (exactly as initialised by the run's
-seed), and read back the config a run directory holds.
+They turn a resolved config into the pieces of a run: its device (and the
+backends' determinism flags), dataset splits, training method, network (exactly
+as initialised by the run's seed, then wrapped for several ranks or compiled)
+and optimizer, and read back the config a run directory holds.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-import natkit
 from natkit import config as cfg
 from natkit.checkpoint import CONFIG
 from natkit.distributed import SINGLE, Comm
@@ -39,10 +40,84 @@ def pick_device(spec: str) -> torch.device:
     return device
 
 
+def create_component(kind: str, name: str, **options: Any) -> Any:
+    """Build a registered component of ``kind`` (what a method's context creates through)."""
+    return registry(kind).create(name, **options)
+
+
+def run_device(config: cfg.Config, comm: Comm = SINGLE) -> torch.device:
+    """The device a run trains on, with the backends set up as ``config.deterministic`` asks.
+
+    Under torchrun each rank trains on its LOCAL_RANK's GPU, or the CPU.
+    """
+    if config.world_size != comm.world_size:
+        raise ConfigError(f"world_size: the config says {config.world_size} but this run has "
+                          f"{comm.world_size} process(es); launch it with torchrun "
+                          f"--nproc_per_node={config.world_size}, or drop world_size")
+    if config.train.batch_size % comm.world_size:
+        raise ConfigError(f"train.batch_size: {config.train.batch_size} is the global batch, "
+                          f"split over {comm.world_size} ranks; it must be a multiple of "
+                          f"{comm.world_size}")
+    device = pick_device(config.device)
+    if comm.distributed:
+        device = comm.device
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest conv once
+    return device
+
+
+def load_training_set(config: cfg.Config) -> Any:
+    """The split a run trains on, checked to hold at least one batch."""
+    dataset = load_dataset(config, config.train.split)
+    if config.train.batch_size > len(dataset):
+        raise ConfigError(f"train.batch_size: {config.train.batch_size} is larger than the "
+                          f"{len(dataset)} training images")
+    return dataset
+
+
+def training_network(config: cfg.Config, network: Network, device: torch.device,
+                     comm: Comm = SINGLE) -> tuple[Network, Any]:
+    """``network`` on its device, and the callable that trains it (under DDP, compiled).
+
+    The wrapped and compiled callables share the module's parameters, so
+    checkpoints keep the plain module's keys.
+    """
+    sync_bn = config.train.sync_bn
+    if comm.distributed and sync_bn and device.type != "cuda":
+        raise ConfigError("train.sync_bn: PyTorch's SyncBatchNorm needs CUDA; on the CPU "
+                          "set it to false or null (BatchNorm statistics per rank)")
+    if comm.distributed and (sync_bn or (sync_bn is None and device.type == "cuda")):
+        network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)
+    network.to(device).to(memory_format=memory_format(config))
+    forward: Any = network
+    if comm.distributed:  # gradients averaged over the ranks
+        forward = torch.nn.parallel.DistributedDataParallel(
+            network, device_ids=[comm.local_rank] if device.type == "cuda" else None)
+    if config.train.compile:
+        forward = torch.compile(forward)
+    return network, forward
+
+
+def memory_format(config: cfg.Config) -> torch.memory_format:
+    """The layout of the network's weights and inputs: channels-last when the config asks."""
+    return torch.channels_last if config.train.channels_last else torch.contiguous_format
+
+
+def build_optimizer(config: cfg.Config, *modules: torch.nn.Module | None) -> torch.optim.SGD:
+    """Plain SGD (with the config's momentum and weight decay) over ``modules``' parameters."""
+    parameters = [p for module in modules if module is not None for p in module.parameters()]
+    t = config.train
+    return torch.optim.SGD(parameters, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+
 def load_dataset(config: cfg.Config, split: str) -> Any:
     """One split of the configured dataset."""
     spec = config.data
-    dataset = natkit.create_dataset(spec["name"], split=split, **cfg.component_options(spec))
+    dataset = registry("dataset").create(spec["name"], split=split, **cfg.component_options(spec))
     if len(dataset) == 0:
         raise DataError(f"data: the '{split}' split of {spec['name']} is empty")
     return dataset
@@ -58,7 +133,8 @@ def build_method(config: cfg.Config, dataset: Any, device: torch.device,
     spec = config.method
     context = MethodContext(config=config, num_images=len(dataset),
                             labels=dataset.labels.to(torch.int64),
-                            num_classes=int(dataset.num_classes), device=device, comm=comm)
+                            num_classes=int(dataset.num_classes), device=device,
+                            create=create_component, comm=comm)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed_for(config.seed, "method"))
         method = registry("method").create(spec["name"], context=context,
@@ -77,11 +153,10 @@ def build_network(config: cfg.Config, dataset: Any, method: Method) -> Network:
     """
     pre_spec, bb_spec = config.preprocess, config.backbone
     size = input_size(config, dataset)  # checks augment.crop_size against the images
-    preprocess = natkit.create_preprocess(pre_spec["name"], in_channels=dataset.channels,
-                                          **cfg.component_options(pre_spec))
-    backbone = natkit.create_backbone(bb_spec["name"], in_chans=preprocess.out_channels,
-                                      image_size=size,
-                                      **cfg.component_options(bb_spec))
+    preprocess = registry("preprocess").create(pre_spec["name"], in_channels=dataset.channels,
+                                               **cfg.component_options(pre_spec))
+    backbone = registry("backbone").create(bb_spec["name"], in_chans=preprocess.out_channels,
+                                           image_size=size, **cfg.component_options(bb_spec))
     hidden = config.head.hidden if config.head.hidden is not None else backbone.default_head
     head = ProjectionHead(backbone.num_features, hidden, method.head_dim,
                           config.head.dropout, config.head.batchnorm,

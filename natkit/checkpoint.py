@@ -1,21 +1,19 @@
-"""Run files written atomically (temporary file, fsync, rename) and checkpoints loaded safely."""
+"""A run directory's files: their names, checkpoints saved atomically and loaded safely."""
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import io
 import json
-import os
 import pickle
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
-from natkit.errors import CheckpointError, OutputError
+from natkit import files
+from natkit.errors import CheckpointError
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.yaml"
@@ -24,56 +22,12 @@ RESULTS = "results.json"
 SNAPSHOTS = "snapshots"  # train.keep_every's checkpoints: snapshots/epoch-0010.pt
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` so that ``path`` holds either its old content or all of the new.
-
-    A write the system refuses (a full disk, a read-only or vanished directory)
-    raises OutputError naming the file, and the old file is left as it was.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        code = errno.errorcode.get(exc.errno, "") if exc.errno is not None else ""
-        kept = "the previous file is kept" if os.path.lexists(path) else "nothing was written"
-        raise OutputError(f"could not write '{path}': {exc.strerror or type(exc).__name__}"
-                          f"{f' ({code})' if code else ''}; {kept}") from None
-    finally:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Atomically write a text file."""
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    """Atomically write a JSON file (indented, trailing newline)."""
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
-
-
 def save_checkpoint(state: dict[str, Any], *paths: Path) -> None:
     """Serialise ``state`` (tensors, numbers, strings, lists, dicts only) atomically to each path."""
     buffer = io.BytesIO()
     torch.save(state, buffer)
     for path in paths:
-        atomic_write_bytes(path, buffer.getvalue())
+        files.write_bytes(path, buffer.getvalue())
 
 
 def snapshot_path(run_dir: Path, epoch: int) -> Path:
@@ -137,6 +91,26 @@ def first_non_finite(state: Mapping[str, Any]) -> tuple[str, int, int, bool] | N
     return None
 
 
+def non_finite_tensor(*modules: torch.nn.Module | None) -> str | None:
+    """The name of the first floating tensor of ``modules`` holding NaN or inf, or None."""
+    for module in modules:
+        if module is not None:
+            bad = first_non_finite(module.state_dict())
+            if bad is not None:
+                return bad[0]
+    return None
+
+
+def checkpoint_paths(run_dir: Path, epoch: int, checkpoint: bool = True,
+                     snapshot: bool = False) -> list[Path]:
+    """Where a checkpoint taken after ``epoch`` goes: checkpoint.pt and/or its snapshot."""
+    paths = [Path(run_dir) / CHECKPOINT] if checkpoint else []
+    if snapshot:
+        paths.append(snapshot_path(run_dir, epoch))
+        paths[-1].parent.mkdir(exist_ok=True)
+    return paths
+
+
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The records of a metrics.jsonl file, skipping a torn last line."""
     records = []
@@ -148,3 +122,112 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
         except json.JSONDecodeError:
             continue  # a line cut by a kill mid-write
     return records
+
+
+def state_mismatch(module: torch.nn.Module, state: Mapping[str, Any]) -> str | None:
+    """What keeps ``state`` from loading into ``module``: a missing, unexpected or misshapen key.
+
+    Checked on the keys and shapes themselves, before ``load_state_dict``, so the
+    message names the first key that differs; None when the state fits.
+    """
+    if not isinstance(state, Mapping):
+        return f"expected a mapping of tensors, got {type(state).__name__}"
+    expected = module.state_dict()
+    missing = [key for key in expected if key not in state]
+    if missing:
+        return f"missing key '{missing[0]}'" + (f" (and {len(missing) - 1} more)"
+                                                if len(missing) > 1 else "")
+    unexpected = [key for key in state if key not in expected]
+    if unexpected:
+        return f"unexpected key '{str(unexpected[0])[:80]}'" + (
+            f" (and {len(unexpected) - 1} more)" if len(unexpected) > 1 else "")
+    for key, tensor in expected.items():
+        given = state[key]
+        if not isinstance(given, torch.Tensor):
+            return f"'{key}' is a {type(given).__name__}, not a tensor"
+        if given.shape != tensor.shape:
+            return (f"'{key}' has shape {tuple(given.shape)}; this config's network has "
+                    f"{tuple(tensor.shape)}")
+    return None
+
+
+# ---------------------------------------------------------------- a training run's state
+
+CHECKPOINT_FORMAT = 2  # 2: the method's state replaces format 1's NAT-only assignment
+
+
+class Checkpointable(Protocol):
+    """What a checkpoint captures of a training run (natkit.engine.Run has all of it)."""
+
+    config: Any  # natkit.schema.Config
+    device: torch.device
+    epoch: int
+    step: int
+    batch_in_epoch: int
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    method: Any  # natkit.methods.Method: state_dict() and load_state_dict()
+    method_modules: torch.nn.Module | None
+    augment_generator: torch.Generator
+
+
+def run_state(run: Checkpointable) -> dict[str, Any]:
+    """Everything the rest of a run depends on, as tensors and plain data."""
+    from natkit.version import __version__
+
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "natkit_version": __version__,
+        "config": run.config.to_dict(),
+        "epoch": run.epoch,
+        "step": run.step,
+        "batch_in_epoch": run.batch_in_epoch,
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "method": run.method.state_dict(),
+        "method_modules": (run.method_modules.state_dict()
+                           if run.method_modules is not None else None),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            # this rank's own GPU: every rank draws alike, so rank 0's state suits them all
+            "cuda": ([torch.cuda.get_rng_state(run.device)] if run.device.type == "cuda" else []),
+            "augment": run.augment_generator.get_state(),
+        },
+    }
+
+
+def restore_run_state(run: Checkpointable, state: dict[str, Any], path: Path,
+                      batches_per_epoch: int) -> None:
+    """Load :func:`run_state`'s ``state`` into ``run``; CheckpointError when it does not fit."""
+    if state.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"checkpoint '{path}' has format {state.get('format')!r}; "
+                              f"this natkit reads format {CHECKPOINT_FORMAT}")
+    why = state_mismatch(run.model, state.get("model"))
+    if why is None and run.method_modules is not None:
+        why = state_mismatch(run.method_modules, state.get("method_modules"))
+    if why is not None:
+        raise CheckpointError(f"checkpoint '{path}' does not fit this run's config: {why}")
+    try:
+        epoch, step = int(state["epoch"]), int(state["step"])
+        batch = int(state["batch_in_epoch"])
+        # batch == batches_per_epoch: stopped after the last batch, before the epoch closed
+        if not (0 <= batch <= batches_per_epoch and epoch >= 0
+                and step == epoch * batches_per_epoch + batch):
+            raise ValueError(f"its counters do not add up (epoch {epoch}, batch {batch}, step "
+                             f"{step}, with {batches_per_epoch} batches an epoch)")
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        # a method's load_state_dict raises ValueError, as its interface asks
+        run.method.load_state_dict(state["method"])
+        if run.method_modules is not None:
+            run.method_modules.load_state_dict(state["method_modules"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        if run.device.type == "cuda" and rng.get("cuda"):
+            torch.cuda.set_rng_state(rng["cuda"][0], run.device)
+        run.augment_generator.set_state(rng["augment"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        detail = f"{type(exc).__name__}: missing {exc}" if isinstance(exc, KeyError) else str(exc)
+        raise CheckpointError(f"checkpoint '{path}' does not fit this run's config: "
+                              f"{' '.join(detail.split())[:200]}") from None
+    run.epoch, run.step, run.batch_in_epoch = epoch, step, batch

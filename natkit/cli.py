@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,10 +17,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-import natkit
 from natkit import config as cfg
-from natkit.errors import ConfigError, NatkitError, UnknownComponentError, did_you_mean
+from natkit.errors import ConfigError, Interrupted, NatkitError, UnknownComponentError, did_you_mean
 from natkit.kinds import BY_NAME, BY_WORD, TABLE
+from natkit.version import __version__
 
 if TYPE_CHECKING:  # torch is imported only by the commands that need it
     from natkit.distributed import Comm
@@ -49,7 +48,7 @@ def user_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except NatkitError as exc:
             message = " ".join(str(exc).split())
-            typer.echo(f"error: {message}", err=True)
+            typer.echo(f"{exc.prefix}{message}", err=True)
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
@@ -57,7 +56,7 @@ def user_errors(fn: F) -> F:
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"natkit {natkit.__version__}")
+        typer.echo(f"natkit {__version__}")
         raise typer.Exit()
 
 
@@ -169,14 +168,14 @@ def run(
 def _train_and_evaluate(config: cfg.Config, comm: Comm, resume: Path | None,
                         out_dir: Path | None, evaluate: bool) -> None:
     """`natkit run` once the config and the process group are known."""
-    from natkit import distributed, engine
+    from natkit import lifecycle
     from natkit.outputs import output_errors
 
     say = err if comm.is_main else Console(stderr=True, quiet=True)
     if resume is not None:
         option = "--resume"
         with output_errors(option, resume):
-            the_run = engine.resume(resume, config, console=say, comm=comm)
+            the_run = lifecycle.resume(resume, config, console=say, comm=comm)
         say.print(f"resuming [bold]{resume}[/] at epoch {the_run.epoch}, step {the_run.step}")
     else:
         if out_dir is None:  # one name on every rank: rank 0's clock decides
@@ -185,11 +184,10 @@ def _train_and_evaluate(config: cfg.Config, comm: Comm, resume: Path | None,
             now = comm.broadcast(torch.tensor([time.time()], dtype=torch.float64),
                                  "naming the run directory")
             out_dir = Path("runs") / time.strftime("%Y%m%d-%H%M%S", time.localtime(float(now)))
-        run_dir = out_dir
         option = "--out"
-        with output_errors(option, run_dir):
-            the_run = engine.start(config, run_dir, console=say, comm=comm)
-        say.print(f"run directory [bold]{run_dir}[/]")
+        with output_errors(option, out_dir):
+            the_run = lifecycle.start(config, out_dir, console=say, comm=comm)
+        say.print(f"run directory [bold]{out_dir}[/]")
     c = the_run.config
     described = the_run.method.describe()
     say.print(
@@ -197,89 +195,23 @@ def _train_and_evaluate(config: cfg.Config, comm: Comm, resume: Path | None,
         f"{the_run.dataset.image_size} px) | {c.preprocess['name']} -> {c.backbone['name']}"
         + (f" | {described}" if described else "") + f" | {the_run.device}"
         + (f" x {comm.world_size} ranks" if comm.distributed else ""), highlight=False)
-    evaluating = evaluate and c.eval.enabled
-    started = time.perf_counter()
-    before = _file_identity(the_run.checkpoint_path)
     try:
         with output_errors(option, the_run.dir):
-            finished = the_run.train()
-    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, mid-step
+            outcome = lifecycle.execute(the_run, evaluate=evaluate, console=out, progress=err)
+    except Interrupted as exc:
         if comm.is_main:
-            _say(f"interrupted: training stopped at once; the last checkpoint saved is kept in "
-                 f"{the_run.checkpoint_path}; resume with: natkit run --resume {the_run.dir}")
-        raise typer.Exit(130) from None
-    finally:
-        # gloo aborts a rank whose group goes while DDP's reducer still holds it (about one
-        # 2-rank resume in four did): drop DDP first, on every path out of training
-        the_run.release_ranks()
-        if comm.is_main and _file_identity(the_run.checkpoint_path) != before:
-            with output_errors(option, the_run.dir):
-                _retire_stale_evaluation(the_run.dir, evaluating)
-    if not finished:
+            _say(str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    if not outcome.finished:
         raise typer.Exit(130)
-    say.print(f"trained in {time.perf_counter() - started:.0f} s")
-    # every rank leaves the process group together (gloo aborts a rank that leaves while a
-    # peer still sends); rank 0 alone then evaluates, in one process (see docs/scaling.md)
-    comm.barrier("finishing training")
-    distributed.shutdown(comm)
-    if not comm.is_main:
-        return
-    results = None
-    if evaluating:
-        with output_errors(option, the_run.dir):
-            results = _evaluate(the_run.dir)["results"]
-    the_run.hook.on_run_end(run=the_run.view(), results=results)
-    written = [name for name in ("config.yaml", "metrics.jsonl", "checkpoint.pt", "results.json",
-                                 "eval.json", "loss.png", "filters.png", "neighbours.png",
-                                 "snapshots/") if (the_run.dir / name).exists()]
-    err.print(f"outputs in [bold]{the_run.dir}[/]: {', '.join(written)}")
+    say.print(f"trained in {outcome.seconds:.0f} s")
+    if comm.is_main:
+        err.print(f"outputs in [bold]{the_run.dir}[/]: {', '.join(outcome.outputs)}")
 
 
 def _say(message: str) -> None:
     """One line on stderr, never wrapped."""
     typer.echo(message, err=True)
-
-
-def _file_identity(path: Path) -> tuple[int, int, int] | None:
-    """What changes when a file is replaced (atomic writes give it a new inode), or None."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
-
-
-def _retire_stale_evaluation(run_dir: Path, evaluating: bool) -> None:
-    """The checkpoint changed: move the evaluation outputs that describe an older one aside."""
-    from natkit.evaluation.protocol import retire_outputs
-
-    moved = retire_outputs(run_dir)
-    if moved:
-        _say(f"the checkpoint changed: moved the previous evaluation aside "
-             f"({', '.join(f'{old} -> {new.name}' for old, new in moved)}), as it describes an "
-             "earlier checkpoint" + ("" if evaluating else
-                                     f"; evaluate this one with: natkit eval {run_dir}"))
-
-
-def _evaluate(run_dir: Path) -> dict[str, Any]:
-    """Evaluate a run directory; a Ctrl-C costs one line saying what is kept, and exit 130."""
-    from natkit.checkpoint import CHECKPOINT, RESULTS
-    from natkit.evaluation.protocol import evaluate_run
-
-    before = _file_identity(run_dir / RESULTS)
-    try:
-        return evaluate_run(run_dir, console=out, progress=err)
-    except KeyboardInterrupt:
-        after = _file_identity(run_dir / RESULTS)
-        if after is None:
-            kept = f"{RESULTS} was not written"
-        elif after == before:
-            kept = f"the previous {RESULTS} is kept"
-        else:
-            kept = f"{RESULTS} was written just before"
-        _say(f"interrupted: evaluation stopped; {run_dir / CHECKPOINT} is intact and {kept}; "
-             f"evaluate again with: natkit eval {run_dir}")
-        raise typer.Exit(130) from None
 
 
 def _evaluate_kept(run_dir: Path, checkpoint: str) -> None:
@@ -312,7 +244,9 @@ def eval_command(
 
     with output_errors("RUN_DIR", run_dir):
         if checkpoint is None:
-            _evaluate(run_dir)
+            from natkit.lifecycle import evaluation
+
+            evaluation(run_dir, console=out, progress=err)
         else:
             _evaluate_kept(run_dir, checkpoint)
 

@@ -10,6 +10,7 @@ class NatkitError(Exception):
     """A mistake in what the user asked for (not a bug): one line, exit code 2."""
 
     exit_code = 2
+    prefix = "error: "  # how the CLI starts the line
 
 
 class ConfigError(NatkitError, ValueError):
@@ -36,6 +37,13 @@ class TrainingDiverged(NatkitError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
     exit_code = 1
+
+
+class Interrupted(NatkitError):
+    """Ctrl-C stopped the work at once; the message says what was kept and how to go on."""
+
+    exit_code = 130
+    prefix = ""  # the line starts with "interrupted:", not "error:"
 
 
 class SolverError(NatkitError):

@@ -188,3 +188,18 @@ def registry(kind: str) -> Registry:
     if found is None:
         raise UnknownComponentError(f"unknown component kind '{kind}'; valid: {', '.join(KINDS)}")
     return get_host().registry(found.name)
+
+
+class _Silent:
+    """A hook relay on which every hook is a no-op (ranks other than 0 write nothing)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda **kwargs: None
+
+
+_SILENT = _Silent()
+
+
+def hooks(*, active: bool = True) -> Any:
+    """The host's hook relay for firing lifecycle hooks, or a silent one when not ``active``."""
+    return get_host().hook if active else _SILENT

@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 from rich.console import Console
 from rich.progress import (
@@ -69,6 +70,14 @@ class TrainingProgress:
     def log(self, message: str) -> None:
         """Print a line above the bar."""
         self.console.print(message, highlight=False)
+
+    def log_epoch(self, summary: dict[str, Any], epochs: int) -> None:
+        """One line for a finished epoch, from its metrics.jsonl record."""
+        changed = (f"  changed {summary['changed']:.1%}" if summary["changed"] is not None
+                   else "")
+        self.log(f"epoch {summary['epoch'] + 1}/{epochs}  loss {summary['loss']:.4f}{changed}  "
+                 f"lr {summary['lr']:.4g}  {summary['images_per_s']:,.0f} img/s  "
+                 f"{summary['seconds']:.1f} s")
 
 
 # ---------------------------------------------------------------- evaluation

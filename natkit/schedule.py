@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 def learning_rate(step: int, base: float, *, warmup: int = 0, t0: int = 0,
                   gamma: float = 0.0) -> float:
@@ -12,3 +14,9 @@ def learning_rate(step: int, base: float, *, warmup: int = 0, t0: int = 0,
     if t < t0:
         return base
     return base / (1.0 + gamma * (t - t0))
+
+
+def scheduled_rate(step: int, train: Any) -> float:
+    """Step size at ``step`` under a config's ``train`` section (lr, warmup_steps, lr_t0, lr_gamma)."""
+    return learning_rate(step, train.lr, warmup=train.warmup_steps, t0=train.lr_t0,
+                         gamma=train.lr_gamma)

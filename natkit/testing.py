@@ -127,16 +127,16 @@ def natkit_run(tiny_config: Callable[..., Any], tmp_path: Path) -> Callable[...,
     """``natkit_run(*overrides)``: train the tiny run in this process; returns the finished run."""
     from rich.console import Console
 
-    from natkit import engine
+    from natkit import lifecycle
 
     count = 0
 
     def run(*extra: str) -> Any:
         nonlocal count
         count += 1
-        the_run = engine.start(tiny_config(*extra), tmp_path / f"run{count}",
-                               console=Console(stderr=True, quiet=True))
-        the_run.train()
+        the_run = lifecycle.start(tiny_config(*extra), tmp_path / f"run{count}",
+                                  console=Console(stderr=True, quiet=True))
+        lifecycle.execute(the_run, evaluate=False)
         return the_run
 
     return run

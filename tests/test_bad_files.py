@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from natkit import engine
+from natkit import lifecycle
 from natkit.checkpoint import load_checkpoint, save_checkpoint
 from natkit.datasets import imagefolder
 from natkit.datasets.imagefolder import ImageReadWarning
@@ -72,10 +72,10 @@ def test_an_image_over_the_warning_limit_is_refused_too(tmp_path, monkeypatch):
 def test_a_one_class_folder_is_refused_before_training(folder_config, tmp_path):
     root = folder(tmp_path / "data", ("cat",), per_class=60)
     with pytest.raises(ConfigError, match="has 1 labelled class.*at least 2"):
-        engine.start(folder_config(f"data.root={root}"), tmp_path / "run")
+        lifecycle.start(folder_config(f"data.root={root}"), tmp_path / "run")
     assert not (tmp_path / "run").exists()
     # without evaluation, NAT trains on one folder of images: it needs no labels
-    run = engine.start(folder_config(f"data.root={root}", "eval.enabled=false"),
+    run = lifecycle.start(folder_config(f"data.root={root}", "eval.enabled=false"),
                        tmp_path / "unlabelled")
     assert run.train()
 
@@ -83,18 +83,18 @@ def test_a_one_class_folder_is_refused_before_training(folder_config, tmp_path):
 @pytest.mark.parametrize("counters", [{"epoch": -5}, {"step": 999}, {"batch_in_epoch": 4},
                                       {"batch_in_epoch": -1}, {"epoch": 2, "step": 4}])
 def test_tampered_checkpoint_counters_are_refused(tiny_config, tmp_path, counters):
-    engine.start(tiny_config("train.epochs=1"), tmp_path / "run").train()
+    lifecycle.start(tiny_config("train.epochs=1"), tmp_path / "run").train()
     path = tmp_path / "run" / "checkpoint.pt"
     state = load_checkpoint(path)
     state.update(counters)
     save_checkpoint(state, path)
     with pytest.raises(CheckpointError, match="counters do not add up"):
-        engine.resume(tmp_path / "run", tiny_config("train.epochs=3"))
+        lifecycle.resume(tmp_path / "run", tiny_config("train.epochs=3"))
 
 
 def test_an_honest_checkpoint_passes_the_counter_check(tiny_config, tmp_path):
-    engine.start(tiny_config("train.epochs=1"), tmp_path / "run").train()
-    run = engine.resume(tmp_path / "run", tiny_config("train.epochs=2"))
+    lifecycle.start(tiny_config("train.epochs=1"), tmp_path / "run").train()
+    run = lifecycle.resume(tmp_path / "run", tiny_config("train.epochs=2"))
     assert (run.epoch, run.step, run.batch_in_epoch) == (1, 4, 0)
     assert torch.equal(torch.sort(run.method.assignment.perm).values, torch.arange(64))
 
@@ -118,13 +118,13 @@ def test_a_stop_after_an_epochs_last_batch_resumes(tiny_config, tmp_path, host):
     from natkit.testing import StopAfter, assert_same_state
 
     exact = ("deterministic=true", "train.epochs=2")
-    engine.start(tiny_config(*exact), tmp_path / "full").train()
+    lifecycle.start(tiny_config(*exact), tmp_path / "full").train()
     host.register(StopAfter(step=4), name="stopper")  # 64 images / 16 = 4 batches an epoch
-    assert engine.start(tiny_config(*exact), tmp_path / "part").train() is False
+    assert lifecycle.start(tiny_config(*exact), tmp_path / "part").train() is False
     host.unregister("stopper")
     state = load_checkpoint(tmp_path / "part" / "checkpoint.pt")
     assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (0, 4, 4)
-    assert engine.resume(tmp_path / "part").train()
+    assert lifecycle.resume(tmp_path / "part").train()
     full = load_checkpoint(tmp_path / "full" / "checkpoint.pt")
     part = load_checkpoint(tmp_path / "part" / "checkpoint.pt")
     for key in ("model", "optimizer", "method", "step", "epoch"):

@@ -13,7 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from natkit import engine
+from natkit import lifecycle
 from natkit.cli import app
 from natkit.testing import TINY
 
@@ -40,7 +40,7 @@ def folder_with(tmp: Path, layout: str) -> str:
 def trained_run(tmp: Path) -> Path:
     from natkit import config
 
-    run = engine.start(config.build(overrides=[*TINY, "train.epochs=1"]), tmp / "run")
+    run = lifecycle.start(config.build(overrides=[*TINY, "train.epochs=1"]), tmp / "run")
     run.train()
     return tmp / "run"
 
@@ -146,7 +146,7 @@ def _swap(tmp: Path) -> Path:
     """A run whose checkpoint.pt was copied from a run with a wider network."""
     from natkit import config
 
-    other = engine.start(config.build(overrides=[*TINY, "train.epochs=1",
+    other = lifecycle.start(config.build(overrides=[*TINY, "train.epochs=1",
                                                  "backbone.widths=[4,8,8,8,16]"]), tmp / "wide")
     other.train()
     target = trained_run(tmp)

@@ -10,7 +10,7 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
-from natkit import engine
+from natkit import lifecycle
 from natkit.augment import center_crop, random_crop
 from natkit.builders import initial_network, load_dataset
 from natkit.checkpoint import load_checkpoint
@@ -109,7 +109,7 @@ def test_a_crop_larger_than_the_loaded_images_is_one_line_and_exit_2(host, tmp_p
 def test_a_run_trains_on_crops_and_evaluates_and_exports_at_the_crop_size(natkit_run, tmp_path):
     run = natkit_run("data.image_size=20", "augment.crop_size=16")
     assert run.dataset.image_size == 20 and run.model.input_size == 16
-    assert run.outputs().shape == (64, 8)  # the whole dataset at 20 px, centre-cropped
+    assert run.view().outputs().shape == (64, 8)  # the whole dataset at 20 px, centre-cropped
     evaluate_run(run.dir, console=Console(file=io.StringIO()))
     results = json.loads((run.dir / "results.json").read_text())
     assert set(results) == {"linear", "mlp", "knn"}
@@ -120,15 +120,15 @@ def test_a_run_trains_on_crops_and_evaluates_and_exports_at_the_crop_size(natkit
 
 def test_a_run_on_crops_resumes_mid_epoch_exactly(tiny_config, tmp_path, host):
     overrides = (EXACT, "data.image_size=20", "augment.crop_size=16", "eval.enabled=false")
-    full = engine.start(tiny_config(*overrides), tmp_path / "full")
+    full = lifecycle.start(tiny_config(*overrides), tmp_path / "full")
     full.train()
     host.register(StopAfter(step=6), name="stopper")
-    part = engine.start(tiny_config(*overrides), tmp_path / "part")
+    part = lifecycle.start(tiny_config(*overrides), tmp_path / "part")
     assert part.train() is False
     host.unregister("stopper")
     state = load_checkpoint(tmp_path / "part" / "checkpoint.pt")
     assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (1, 2, 6)
-    engine.resume(tmp_path / "part").train()
+    lifecycle.resume(tmp_path / "part").train()
     assert_same_state(load_checkpoint(tmp_path / "part" / "checkpoint.pt"),
                       load_checkpoint(tmp_path / "full" / "checkpoint.pt"))
 
@@ -136,9 +136,9 @@ def test_a_run_on_crops_resumes_mid_epoch_exactly(tiny_config, tmp_path, host):
 @pytest.mark.parametrize("switch", ["train.channels_last=true", "train.compile=true"])
 def test_speed_switches_train_the_same_on_crops(switch, tiny_config, tmp_path, full_float32):
     crops = ("train.epochs=1", "data.image_size=20", "augment.crop_size=16", EXACT)
-    plain = engine.start(tiny_config(*crops), tmp_path / "plain")
-    fast = engine.start(tiny_config(*crops, switch), tmp_path / "fast")
+    plain = lifecycle.start(tiny_config(*crops), tmp_path / "plain")
+    fast = lifecycle.start(tiny_config(*crops, switch), tmp_path / "fast")
     plain.train()
     fast.train()
     rtol, atol = assert_close_weights(tmp_path / "plain", tmp_path / "fast", plain.device.type)
-    torch.testing.assert_close(fast.outputs(), plain.outputs(), rtol=rtol, atol=atol)
+    torch.testing.assert_close(fast.view().outputs(), plain.view().outputs(), rtol=rtol, atol=atol)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import natkit
-from natkit import engine
+from natkit import engine, lifecycle
 from natkit.checkpoint import load_checkpoint, read_metrics
 from natkit.errors import CheckpointError, ConfigError, TrainingDiverged
 from natkit.methods import Batch
@@ -17,7 +17,7 @@ from natkit.testing import EXACT, StopAfter, assert_close_weights, assert_same_s
 
 
 def test_a_run_writes_config_metrics_and_a_safe_checkpoint(tiny_config, tmp_path):
-    run = engine.start(tiny_config(), tmp_path / "run")
+    run = lifecycle.start(tiny_config(), tmp_path / "run")
     assert run.train()
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")  # weights_only=True inside
     assert state["epoch"] == 2 and state["step"] == 2 * (64 // 16)
@@ -48,7 +48,7 @@ def test_targets_are_reassigned_before_the_loss_is_taken(tiny_config, tmp_path):
 @pytest.mark.parametrize("every, changes", [(0, [False, False]), (1, [True, True]),
                                             (2, [True, False])])
 def test_permute_every_controls_which_epochs_reassign(tiny_config, tmp_path, every, changes):
-    run = engine.start(tiny_config(f"method.permute_every={every}"), tmp_path / "run")
+    run = lifecycle.start(tiny_config(f"method.permute_every={every}"), tmp_path / "run")
     start = run.method.assignment.perm.clone()
     assert [run.method.reassigns_in(e) for e in range(2)] == changes
     run.train()
@@ -64,11 +64,11 @@ def test_schedule_warms_up_holds_then_decays_as_in_the_paper():
 
 
 def test_resume_at_an_epoch_boundary_equals_an_uninterrupted_run(tiny_config, tmp_path):
-    full = engine.start(tiny_config("train.epochs=3", EXACT), tmp_path / "full")
+    full = lifecycle.start(tiny_config("train.epochs=3", EXACT), tmp_path / "full")
     full.train()
-    part = engine.start(tiny_config("train.epochs=1", EXACT), tmp_path / "part")
+    part = lifecycle.start(tiny_config("train.epochs=1", EXACT), tmp_path / "part")
     part.train()
-    resumed = engine.resume(tmp_path / "part", tiny_config("train.epochs=3", EXACT))
+    resumed = lifecycle.resume(tmp_path / "part", tiny_config("train.epochs=3", EXACT))
     assert (resumed.epoch, resumed.step) == (1, 4)
     resumed.train()
     assert_same_state(load_checkpoint(tmp_path / "part" / "checkpoint.pt"),
@@ -79,15 +79,15 @@ def test_resume_at_an_epoch_boundary_equals_an_uninterrupted_run(tiny_config, tm
 def test_an_interrupted_run_saves_mid_epoch_and_resumes_exactly(tiny_config, tmp_path, host,
                                                                 method):
     assert natkit.list_components("method") == ["nat", "supervised"]  # a new one joins above
-    full = engine.start(tiny_config(EXACT, f"method={method}"), tmp_path / "full")
+    full = lifecycle.start(tiny_config(EXACT, f"method={method}"), tmp_path / "full")
     full.train()
     host.register(StopAfter(step=6), name="stopper")
-    part = engine.start(tiny_config(EXACT, f"method={method}"), tmp_path / "part")
+    part = lifecycle.start(tiny_config(EXACT, f"method={method}"), tmp_path / "part")
     assert part.train() is False
     host.unregister("stopper")
     state = load_checkpoint(tmp_path / "part" / "checkpoint.pt")
     assert (state["epoch"], state["batch_in_epoch"], state["step"]) == (1, 2, 6)
-    resumed = engine.resume(tmp_path / "part")
+    resumed = lifecycle.resume(tmp_path / "part")
     resumed.train()
     assert_same_state(load_checkpoint(tmp_path / "part" / "checkpoint.pt"),
                       load_checkpoint(tmp_path / "full" / "checkpoint.pt"))
@@ -99,14 +99,14 @@ def test_an_interrupted_run_saves_mid_epoch_and_resumes_exactly(tiny_config, tmp
 @pytest.mark.parametrize("stop", [2, 4])  # inside the first epoch, and after its last batch
 def test_an_epoch_resumed_inside_records_the_loss_of_all_its_batches(tiny_config, tmp_path, host,
                                                                      stop):
-    full = engine.start(tiny_config(EXACT), tmp_path / "full")
+    full = lifecycle.start(tiny_config(EXACT), tmp_path / "full")
     full.train()
     host.register(StopAfter(step=stop), name="stopper")
-    part = engine.start(tiny_config(EXACT), tmp_path / "part")
+    part = lifecycle.start(tiny_config(EXACT), tmp_path / "part")
     assert part.train() is False
     host.unregister("stopper")
     assert load_checkpoint(tmp_path / "part" / "checkpoint.pt")["batch_in_epoch"] == stop
-    engine.resume(tmp_path / "part").train()
+    lifecycle.resume(tmp_path / "part").train()
 
     def epochs(run):
         return [r for r in read_metrics(tmp_path / run / "metrics.jsonl") if r["kind"] == "epoch"]
@@ -119,19 +119,19 @@ def test_an_epoch_resumed_inside_records_the_loss_of_all_its_batches(tiny_config
 
 
 def test_resume_refuses_a_changed_config(tiny_config, tmp_path):
-    engine.start(tiny_config("train.epochs=1"), tmp_path / "run").train()
+    lifecycle.start(tiny_config("train.epochs=1"), tmp_path / "run").train()
     with pytest.raises(ConfigError, match="train.lr differs from the run's config.yaml"):
-        engine.resume(tmp_path / "run", tiny_config("train.lr=0.5"))
+        lifecycle.resume(tmp_path / "run", tiny_config("train.lr=0.5"))
     config_file = tmp_path / "run" / "config.yaml"
     config_file.write_text(config_file.read_text().replace("lr: 0.05", "lr: 0.07"))
     with pytest.raises(CheckpointError, match="no longer matches its checkpoint"):
-        engine.resume(tmp_path / "run")
+        lifecycle.resume(tmp_path / "run")
 
 
 def test_start_refuses_a_directory_that_holds_a_run(tiny_config, tmp_path):
-    engine.start(tiny_config(), tmp_path / "run")
+    lifecycle.start(tiny_config(), tmp_path / "run")
     with pytest.raises(ConfigError, match="already holds a run; resume it with --resume"):
-        engine.start(tiny_config(), tmp_path / "run")
+        lifecycle.start(tiny_config(), tmp_path / "run")
 
 
 class PoisonWeights:
@@ -150,7 +150,7 @@ class PoisonWeights:
 
 def test_a_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
         tiny_config, tmp_path, host):
-    run = engine.start(tiny_config("train.epochs=3", "method.permute_every=2"), tmp_path / "run")
+    run = lifecycle.start(tiny_config("train.epochs=3", "method.permute_every=2"), tmp_path / "run")
     host.register(PoisonWeights(step=5), name="poison")
     with pytest.raises(TrainingDiverged, match=r"by step 6 \(epoch 2\).*last good checkpoint "
                                                r"\(epoch 1\)"):
@@ -162,7 +162,7 @@ def test_a_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(
 
 def test_the_supervised_method_trains_on_labels_with_either_loss(tiny_config, tmp_path):
     for loss in ("softmax", "square"):
-        run = engine.start(tiny_config("method=supervised", f"method.loss={loss}"),
+        run = lifecycle.start(tiny_config("method=supervised", f"method.loss={loss}"),
                            tmp_path / loss)
         assert run.method.classifier and run.method.state_dict() == {} and run.train()
         assert run.model.head[-1].out_features == 10
@@ -171,11 +171,11 @@ def test_the_supervised_method_trains_on_labels_with_either_loss(tiny_config, tm
 
 def test_batch_larger_than_the_dataset_is_refused(tiny_config, tmp_path):
     with pytest.raises(ConfigError, match="train.batch_size: 128 is larger than the 64"):
-        engine.start(tiny_config("train.batch_size=128"), tmp_path / "run")
+        lifecycle.start(tiny_config("train.batch_size=128"), tmp_path / "run")
 
 
 def test_metrics_are_json_lines(tiny_config, tmp_path):
-    engine.start(tiny_config("train.epochs=1"), tmp_path / "run").train()
+    lifecycle.start(tiny_config("train.epochs=1"), tmp_path / "run").train()
     for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines():
         assert isinstance(json.loads(line), dict)
 
@@ -199,15 +199,15 @@ def _losses(run):
 def test_speed_switches_compute_the_same_training(switch, tiny_config, tmp_path, full_float32):
     # deterministic kernels: on CUDA, cudnn.benchmark's free choice of algorithms differed by
     # 0.2% in the loss after two steps (H200), more than the switch is allowed to change
-    plain = engine.start(tiny_config("train.epochs=1", EXACT), tmp_path / "plain")
-    fast = engine.start(tiny_config("train.epochs=1", EXACT, switch), tmp_path / "fast")
+    plain = lifecycle.start(tiny_config("train.epochs=1", EXACT), tmp_path / "plain")
+    fast = lifecycle.start(tiny_config("train.epochs=1", EXACT, switch), tmp_path / "fast")
     assert _losses(fast) == pytest.approx(_losses(plain), rel=1e-4)
     # the checkpoint is the same whatever the switch: plain parameter names, same tensors
     assert_close_weights(tmp_path / "plain", tmp_path / "fast", plain.device.type)
 
 
 def test_channels_last_puts_the_convolutions_in_that_layout(tiny_config, tmp_path):
-    run = engine.start(tiny_config("train.channels_last=true"), tmp_path / "run")
+    run = lifecycle.start(tiny_config("train.channels_last=true"), tmp_path / "run")
     convs = [m.weight for m in run.model.modules() if isinstance(m, torch.nn.Conv2d)]
     assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)
 

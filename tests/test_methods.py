@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 import natkit
-from natkit import engine
+from natkit import engine, lifecycle
 from natkit.checkpoint import load_checkpoint, read_metrics
 from natkit.errors import ConfigError
 from natkit.methods import Method, MethodContext, StepLoss
-from natkit.registry import Bounds
 from natkit.testing import EXACT, StopAfter, assert_same_state
+from natkit.values import Bounds
 
 
 class Prototypes(Method):
@@ -80,7 +80,7 @@ def test_a_factory_that_builds_no_method_is_refused(with_plugin, tiny_config, tm
 
 def test_the_methods_modules_join_the_optimizer_and_the_checkpoint(with_plugin, tiny_config,
                                                                    tmp_path):
-    run = engine.start(tiny_config("method=prototypes"), tmp_path / "run")
+    run = lifecycle.start(tiny_config("method=prototypes"), tmp_path / "run")
     assert run.model.head[-1].out_features == 6 and not run.model.normalize
     before = run.method.prototypes.weight.detach().clone()
     assert run.train()
@@ -96,14 +96,14 @@ def test_the_methods_modules_join_the_optimizer_and_the_checkpoint(with_plugin, 
 def test_a_plugin_method_resumes_bit_exactly_and_prepares_each_epoch_once(with_plugin,
                                                                           tiny_config, tmp_path):
     config = ("method=prototypes", "train.epochs=3", EXACT)
-    full = engine.start(tiny_config(*config), tmp_path / "full")
+    full = lifecycle.start(tiny_config(*config), tmp_path / "full")
     full.train()
     assert full.method.calls == [(0, 0), (1, 4), (2, 8)]
     with_plugin.register(StopAfter(step=6), name="stopper")
-    part = engine.start(tiny_config(*config), tmp_path / "part")
+    part = lifecycle.start(tiny_config(*config), tmp_path / "part")
     assert part.train() is False
     with_plugin.unregister("stopper")
-    resumed = engine.resume(tmp_path / "part")
+    resumed = lifecycle.resume(tmp_path / "part")
     resumed.train()
     # called again when the run resumed inside epoch 1, which the method's state had labelled
     assert resumed.method.calls == [(1, 6), (2, 8)]
@@ -124,7 +124,7 @@ def test_hooks_get_one_live_read_only_view_of_the_run(host, tiny_config, tmp_pat
             seen.append((run, run.step, run.epoch, run.num_images))
 
     host.register(Watcher(), name="watcher")
-    run = engine.start(tiny_config("train.epochs=1"), tmp_path / "run")
+    run = lifecycle.start(tiny_config("train.epochs=1"), tmp_path / "run")
     run.train()
     assert len({id(view) for view, *_ in seen}) == 1 and seen[0][0] is run.view()
     assert [step for _, step, _, _ in seen] == [1, 2, 3, 4]

@@ -7,7 +7,8 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from natkit import config, engine, presets
+from natkit import config, lifecycle, presets
+from natkit.builders import create_component
 from natkit.checkpoint import load_checkpoint
 from natkit.cli import app
 from natkit.errors import ConfigError
@@ -127,7 +128,8 @@ def test_the_summed_loss_is_the_batch_times_the_mean(tiny_config):
     def nat(reduction):
         c = tiny_config(f"method.loss_reduction={reduction}")
         context = MethodContext(config=c, num_images=64, labels=torch.zeros(64, dtype=torch.int64),
-                                num_classes=1, device=torch.device("cpu"))
+                                num_classes=1, device=torch.device("cpu"),
+                                create=create_component)
         return NoiseAsTargets(context=context, loss_reduction=reduction)
 
     outputs = torch.nn.functional.normalize(torch.randn(16, 8), dim=1)
@@ -146,7 +148,7 @@ def test_a_few_steps_of_the_paper_preset_on_224px_crops_of_256px_images(host, tm
     c = config.build(preset="paper", overrides=[
         f"data.root={tmp_path / 'data'}", "data.test_fraction=0.25", "train.batch_size=4",
         "train.epochs=1", "train.num_workers=0", "eval.enabled=false", "device=cpu"])
-    run = engine.start(c, tmp_path / "run")
+    run = lifecycle.start(c, tmp_path / "run")
     assert run.train()
     assert run.model.head[-1].out_features == 2048 and run.model.backbone.stem == "imagenet"
     assert run.dataset.image_size == 256 and run.model.input_size == 224

@@ -14,8 +14,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from natkit import checkpoint, engine
-from natkit.checkpoint import load_checkpoint, save_checkpoint
+from natkit import checkpoint, engine, files, lifecycle
+from natkit.checkpoint import load_checkpoint, restore_run_state, save_checkpoint
 from natkit.cli import app
 from natkit.errors import CheckpointError, OutputError
 from natkit.testing import TINY, StopAfter, assert_same_state
@@ -94,8 +94,8 @@ def test_a_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypat
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoint.os, "replace", crash)
-    with pytest.raises(OutputError, match="could not write .*; the previous file is kept"):
+    monkeypatch.setattr(files.os, "replace", crash)
+    with pytest.raises(OutputError, match="cannot write .*; the previous file is kept"):
         save_checkpoint({"model": {"w": torch.zeros(3)}, "step": 2}, path)
     assert load_checkpoint(path)["step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
@@ -112,11 +112,11 @@ def test_a_full_disk_mid_run_costs_one_line_and_keeps_the_last_checkpoint(tmp_pa
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real_fsync(fd)
 
-    monkeypatch.setattr(checkpoint.os, "fsync", fsync)
+    monkeypatch.setattr(files.os, "fsync", fsync)
     result = CliRunner().invoke(app, ["run", "--out", str(tmp_path / "run"), *set_args(RUN)])
     assert result.exit_code == 2, result.output
     last = result.stderr.strip().splitlines()[-1]
-    assert "No space left on device (ENOSPC); the previous file is kept" in last
+    assert "no space is left on the device; the previous file is kept" in last
     assert "Traceback" not in result.output
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 1
 
@@ -150,11 +150,12 @@ def test_truncated_and_foreign_checkpoints_are_named(tmp_path):
 
 
 def test_a_checkpoint_from_another_architecture_is_refused(tiny_config, tmp_path):
-    engine.start(tiny_config("train.epochs=1"), tmp_path / "run").train()
+    lifecycle.start(tiny_config("train.epochs=1"), tmp_path / "run").train()
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     wide = engine.Run(tiny_config("backbone.widths=[4,8,8,8,16]"), tmp_path / "run")
-    with pytest.raises(CheckpointError, match="does not fit this run's config: .*size mismatch"):
-        wide.load(state)
+    with pytest.raises(CheckpointError, match=r"does not fit this run's config: 'backbone\.\S+' "
+                                              r"has shape \(\d+(, \d+)*\); this config's network has"):
+        restore_run_state(wide, state, tmp_path / "run" / "checkpoint.pt", 1)
 
 
 DROPOUT_HEAD = ("head.hidden=[16]", "head.dropout=0.5", "deterministic=true")
@@ -167,7 +168,7 @@ def _same_training(a: dict, b: dict) -> None:
 
 def test_the_number_of_loader_workers_does_not_change_the_training(tiny_config, tmp_path):
     for workers in (0, 2):
-        engine.start(tiny_config(*DROPOUT_HEAD, f"train.num_workers={workers}"),
+        lifecycle.start(tiny_config(*DROPOUT_HEAD, f"train.num_workers={workers}"),
                      tmp_path / f"w{workers}").train()
     _same_training(load_checkpoint(tmp_path / "w0" / "checkpoint.pt"),
                    load_checkpoint(tmp_path / "w2" / "checkpoint.pt"))
@@ -175,10 +176,10 @@ def test_the_number_of_loader_workers_does_not_change_the_training(tiny_config, 
 
 def test_a_stop_mid_epoch_with_workers_and_dropout_resumes_exactly(tiny_config, tmp_path, host):
     extra = (*DROPOUT_HEAD, "train.num_workers=2", "train.epochs=2")
-    engine.start(tiny_config(*extra), tmp_path / "full").train()
+    lifecycle.start(tiny_config(*extra), tmp_path / "full").train()
     host.register(StopAfter(step=5), name="stopper")
-    assert engine.start(tiny_config(*extra), tmp_path / "part").train() is False
+    assert lifecycle.start(tiny_config(*extra), tmp_path / "part").train() is False
     host.unregister("stopper")
-    engine.resume(tmp_path / "part").train()
+    lifecycle.resume(tmp_path / "part").train()
     _same_training(load_checkpoint(tmp_path / "part" / "checkpoint.pt"),
                    load_checkpoint(tmp_path / "full" / "checkpoint.pt"))

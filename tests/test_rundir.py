@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from natkit import engine
+from natkit import lifecycle
 from natkit.cli import app
 from natkit.errors import ConfigError
 from natkit.rundir import RunLock
@@ -20,21 +20,21 @@ def cli_run(*args: str):
 
 
 def test_a_second_writer_is_refused_while_the_first_holds_the_directory(tiny_config, tmp_path):
-    first = engine.start(tiny_config(), tmp_path / "run")  # holds the lock until it has trained
+    first = lifecycle.start(tiny_config(), tmp_path / "run")  # holds the lock until it has trained
     with pytest.raises(ConfigError, match=r"is in use by natkit process \d+"):
-        engine.resume(tmp_path / "run")
+        lifecycle.resume(tmp_path / "run")
     result = cli_run("--resume", str(tmp_path / "run"))
     assert result.exit_code == 2 and "is in use by natkit process" in result.stderr
     assert first.train()  # the first run is unharmed, and lets go when it is done
-    assert engine.resume(tmp_path / "run", tiny_config("train.epochs=3")).train()
+    assert lifecycle.resume(tmp_path / "run", tiny_config("train.epochs=3")).train()
 
 
 def test_a_failed_resume_lets_go_of_the_directory(tiny_config, tmp_path):
-    engine.start(tiny_config(), tmp_path / "run").train()
+    lifecycle.start(tiny_config(), tmp_path / "run").train()
     with pytest.raises(ConfigError, match="differs from the run's config.yaml"):
-        engine.resume(tmp_path / "run", tiny_config("train.lr=0.5"))
+        lifecycle.resume(tmp_path / "run", tiny_config("train.lr=0.5"))
     assert not RunLock(tmp_path / "run").held
-    engine.resume(tmp_path / "run")  # would be refused if the failed resume still held it
+    lifecycle.resume(tmp_path / "run")  # would be refused if the failed resume still held it
 
 
 def test_out_onto_a_folder_of_someone_elses_files_is_refused_and_leaves_them(tmp_path):

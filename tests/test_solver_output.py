@@ -7,6 +7,7 @@ import torch
 from typer.testing import CliRunner
 
 import natkit
+from natkit import lifecycle
 from natkit.cli import app
 from natkit.errors import SolverError
 from natkit.solvers import InvalidSolution, is_permutation, solution_problem
@@ -57,7 +58,7 @@ def test_a_bad_answer_stops_the_run_with_one_line_naming_the_solver(name, host, 
 
 def test_p_is_untouched_when_the_answer_is_refused(tiny_config, tmp_path, host):
     host.register(BadSolvers(), name="bad-solvers")
-    run = natkit.engine.start(tiny_config("solver.name=zeros"), tmp_path / "run")
+    run = lifecycle.start(tiny_config("solver.name=zeros"), tmp_path / "run")
     before = run.method.assignment.perm.clone()
     with pytest.raises(SolverError, match="not each of 0..15 once"):
         run.train()
@@ -82,7 +83,7 @@ def test_an_integer_answer_of_another_width_or_device_is_accepted(tiny_config, t
                                                                  dtype=torch.int32))
 
     host.register(Int32Reverse(), name="rev32")
-    run = natkit.engine.start(tiny_config("solver.name=rev32", "train.epochs=1"), tmp_path / "r")
+    run = lifecycle.start(tiny_config("solver.name=rev32", "train.epochs=1"), tmp_path / "r")
     assert run.train()
     assert run.method.assignment.perm.dtype == torch.int64
     assert is_permutation(run.method.assignment.perm, 64)

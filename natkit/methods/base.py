@@ -29,19 +29,22 @@ checkpoint and stops if they differ.
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
-import natkit
 from natkit.distributed import SINGLE, Comm
+from natkit.errors import NatkitError
+from natkit.inference import dataset_outputs
+from natkit.schema import Config, component_options
 from natkit.seeding import generator, seed_for
 
-if TYPE_CHECKING:
-    from natkit.config import Config
-    from natkit.runview import RunView
+#: ``create(kind, name, **options)``: builds a registered component (natkit passes the registry's)
+ComponentFactory = Callable[..., Any]
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,9 @@ class MethodContext:
     labels: torch.Tensor  # int64 [num_images], -1 for an unlabelled image
     num_classes: int
     device: torch.device
+    #: builds the components the method asks for; the registries' ``create``, passed in so that
+    #: methods, which the plugin host loads, never import the host
+    create: ComponentFactory
     #: the ranks the run trains on (one process: a Comm whose collectives are the identity)
     comm: Comm = SINGLE
 
@@ -66,20 +72,16 @@ class MethodContext:
 
     def create_targets(self) -> Any:
         """The run's configured target distribution (section ``targets``); seeded from the run."""
-        from natkit.config import component_options
-
         spec = self.config.targets
         options = component_options(spec)
         if options.get("seed") is None:
             options["seed"] = self.seed_for("targets") % 2**31
-        return natkit.create_targets(spec["name"], **options)
+        return self.create("targets", spec["name"], **options)
 
     def create_solver(self) -> Any:
         """The run's configured assignment solver (section ``solver``)."""
-        from natkit.config import component_options
-
         spec = self.config.solver
-        return natkit.create_solver(spec["name"], **component_options(spec))
+        return self.create("solver", spec["name"], **component_options(spec))
 
 
 @dataclass(frozen=True)
@@ -140,3 +142,85 @@ class Method(abc.ABC):
     def describe(self) -> str:
         """One line for the run's banner, e.g. 'targets sphere (d=32) | solver hungarian'."""
         return ""
+
+
+class RunView:
+    """What a plugin may read of a run, and the two things it may ask of it.
+
+    Lifecycle hooks (``on_run_start``, ``on_step_end``, ...) and
+    :meth:`natkit.methods.Method.start_epoch` receive one. Its attributes are
+    live (``step`` is the run's current step) and a run keeps the same view
+    from start to end, so a plugin may key its own state by it. Read the
+    network; only a method's loss may change what it learns.
+    """
+
+    def __init__(self, run: Any) -> None:
+        # the engine's Run, typed loosely: the engine sits above the methods and imports them
+        self._run = run
+
+    @property
+    def dir(self) -> Path:
+        """The run directory (it exists)."""
+        return self._run.dir
+
+    @property
+    def config(self) -> Config:
+        """The resolved config."""
+        return self._run.config
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network and the method's tensors live."""
+        return self._run.device
+
+    @property
+    def epoch(self) -> int:
+        """Completed epochs."""
+        return self._run.epoch
+
+    @property
+    def step(self) -> int:
+        """Optimizer steps taken."""
+        return self._run.step
+
+    @property
+    def batch_in_epoch(self) -> int:
+        """Batches of the current epoch already done."""
+        return self._run.batch_in_epoch
+
+    @property
+    def num_images(self) -> int:
+        """Training images; dataset indices are 0..num_images-1."""
+        return len(self._run.dataset)
+
+    @property
+    def method(self) -> Method:
+        """The run's training method."""
+        return self._run.method
+
+    @property
+    def network(self) -> nn.Module:
+        """The network being trained (preprocess, backbone, head)."""
+        return self._run.model
+
+    def outputs(self) -> torch.Tensor:
+        """The network's outputs for every training image in index order, ``[num_images, head_dim]``.
+
+        Computed on the device in eval mode without augmentation: what a method
+        such as SeLa labels the whole dataset from. Under torchrun it gathers every
+        rank's share, so only a method's ``start_epoch`` (which every rank runs) may
+        call it; a hook calling it there gets a one-line error.
+        """
+        run = self._run
+        if run.comm.distributed and not run.in_method:
+            raise NatkitError("outputs() gathers over the ranks under torchrun: call it from a "
+                              "method's start_epoch (every rank runs it), not from a hook")
+        return dataset_outputs(run.model, run.dataset, run.comm, run.device,
+                               run.config.eval.batch_size, run.memory_format)
+
+    def request_stop(self) -> None:
+        """Ask the run to stop after the current step and save a checkpoint, as Ctrl-C does."""
+        self._run.request_stop()
+
+    def __repr__(self) -> str:
+        return f"RunView(dir={str(self.dir)!r}, epoch={self.epoch}, step={self.step})"

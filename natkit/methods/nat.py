@@ -13,6 +13,7 @@ every rank applies the same permutation to its copy of P.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 import torch
@@ -20,9 +21,12 @@ import torch
 from natkit.assignment import AssignmentState, Reassignment
 from natkit.errors import SolverError
 from natkit.methods.base import Batch, Method, MethodContext, StepLoss
-from natkit.registry import Bounds
 from natkit.runview import RunView
 from natkit.solvers import InvalidSolution
+from natkit.values import Bounds
+
+# what the method calls to solve a batch: a Solver, or a wrapper around one
+SolverFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 class NoiseAsTargets(Method):
@@ -56,15 +60,34 @@ class NoiseAsTargets(Method):
             self.targets, context.num_images, generator=context.generator("assignment"),
             device=context.device, cache_limit_mb=cache_targets_mb)
         self.head_dim = self.targets.dim
-        self.reassigning = False
+        self._reassigning = False
+        self._forced: bool | None = None
         self.comm = context.comm
+
+    @property
+    def reassigning(self) -> bool:
+        """Whether the current batches reassign their targets."""
+        return self._reassigning if self._forced is None else self._forced
 
     def reassigns_in(self, epoch: int) -> bool:
         """Whether targets are reassigned during ``epoch`` (0-based)."""
         return self.permute_every > 0 and epoch % self.permute_every == 0
 
+    def force_reassignment(self, on: bool | None) -> None:
+        """Reassign in every batch (True), in none (False), or as ``permute_every`` says (None).
+
+        For measurements that time a reassigning step against a plain one; a
+        training run never calls it.
+        """
+        self._forced = on
+
+    def wrap_solver(self, wrap: Callable[[SolverFn], SolverFn]) -> SolverFn:
+        """Replace the solver by ``wrap(solver)`` (e.g. a timer around it); returns the new one."""
+        self.solver = wrap(self.solver)
+        return self.solver
+
     def start_epoch(self, epoch: int, run: RunView) -> None:
-        self.reassigning = self.reassigns_in(epoch)
+        self._reassigning = self.reassigns_in(epoch)
 
     def loss(self, outputs: torch.Tensor, batch: Batch) -> StepLoss:
         update = None

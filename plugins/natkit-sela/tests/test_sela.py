@@ -8,7 +8,7 @@ import pytest
 import torch
 from natkit_sela.balanced import balanced_labels
 
-from natkit import engine
+from natkit import lifecycle
 from natkit.checkpoint import load_checkpoint, read_metrics
 from natkit.testing import EXACT, StopAfter, assert_same_state
 
@@ -72,7 +72,7 @@ def test_the_labels_stay_balanced_through_training(natkit_run):
 
 def test_the_state_is_checked_and_a_relabelled_epoch_is_not_relabelled_again(tiny_config,
                                                                              tmp_path):
-    run = engine.start(tiny_config(*SELA, "eval.enabled=false"), tmp_path / "run")
+    run = lifecycle.start(tiny_config(*SELA, "eval.enabled=false"), tmp_path / "run")
     method, state = run.method, run.method.state_dict()
     assert state["labelled_epoch"] == -1
     assert torch.equal(sizes(state["labels"], 4), torch.full((4,), 16))  # random, exactly balanced
@@ -95,15 +95,15 @@ def test_the_state_is_checked_and_a_relabelled_epoch_is_not_relabelled_again(tin
 @pytest.mark.parametrize("stop", ["mid-epoch", "epoch boundary"])
 def test_a_stopped_run_resumes_bit_exactly(natkit_host, tiny_config, tmp_path, stop):
     config = (*SELA, "eval.enabled=false", EXACT)
-    engine.start(tiny_config(*config), tmp_path / "full").train()
+    lifecycle.start(tiny_config(*config), tmp_path / "full").train()
     if stop == "mid-epoch":
         natkit_host.register(StopAfter(step=6), name="stopper")  # epoch 1, after batch 2
-        part = engine.start(tiny_config(*config), tmp_path / "part")
+        part = lifecycle.start(tiny_config(*config), tmp_path / "part")
         assert part.train() is False
         natkit_host.unregister("stopper")
     else:  # stopped after epoch 1: epoch 2 relabels from the resumed network
-        engine.start(tiny_config(*config, "train.epochs=1"), tmp_path / "part").train()
-    resumed = engine.resume(tmp_path / "part", tiny_config(*config))
+        lifecycle.start(tiny_config(*config, "train.epochs=1"), tmp_path / "part").train()
+    resumed = lifecycle.resume(tmp_path / "part", tiny_config(*config))
     assert resumed.train()
     assert_same_state(load_checkpoint(tmp_path / "part" / "checkpoint.pt"),
                       load_checkpoint(tmp_path / "full" / "checkpoint.pt"))

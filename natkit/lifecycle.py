@@ -1,0 +1,239 @@
+"""A run's life, from start (or resume) to its evaluated outputs: one owner, whoever calls it.
+
+The CLI's ``natkit run``, the benchmark harness and a user's script all go
+through here, so every run starts, resumes, retires stale results, evaluates
+and fires ``on_run_start`` / ``on_run_end`` the same way:
+
+* :func:`start` makes a new run directory; :func:`resume` reopens one from its
+  checkpoint; :func:`open_run` does whichever the directory calls for.
+* :func:`execute` fires ``on_run_start``, trains, moves aside the evaluation of
+  an older checkpoint, evaluates (rank 0, in one process), fires
+  ``on_run_end`` on every way out, and returns an :class:`Outcome`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from natkit import config as cfg
+from natkit import distributed, files
+from natkit.builders import read_run_config
+from natkit.checkpoint import CHECKPOINT, CONFIG, METRICS, RESULTS, load_checkpoint, restore_run_state
+from natkit.distributed import SINGLE, Comm
+from natkit.engine import Run
+from natkit.errors import CheckpointError, ConfigError, Interrupted
+from natkit.evaluation.preflight import check_evaluable
+from natkit.evaluation.protocol import evaluate_run, retire_outputs
+from natkit.metrics import truncate_metrics
+from natkit.rundir import RunLock, check_new_run_dir
+from natkit.tally import EpochTally
+
+# Settings a resumed run may change: how it runs, not what it trains (world_size and
+# train.sync_bn change BatchNorm statistics and dropout pairing, see docs/scaling.md).
+RESUMABLE_CHANGES = ("device", "world_size", "train.epochs", "train.num_workers",
+                     "train.log_every", "train.checkpoint_every", "train.keep_every",
+                     "train.channels_last", "train.compile", "train.sync_bn")
+
+# What a run directory may hold when its life ends, in the order a person reads them.
+OUTPUTS = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "results.json", "eval.json",
+           "loss.png", "filters.png", "neighbours.png", "snapshots/")
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run's life ended."""
+
+    run: Run
+    finished: bool  # False: stopped early (Ctrl-C, SIGTERM), with a checkpoint saved
+    results: dict[str, Any] | None  # results.json, when the run was evaluated
+    seconds: float  # spent training in this process
+    retired: tuple[tuple[str, Path], ...] = ()  # older evaluation outputs moved aside
+
+    @property
+    def outputs(self) -> list[str]:
+        """The files the run directory holds now, among those a run writes."""
+        return [name for name in OUTPUTS if (self.run.dir / name).exists()]
+
+
+def start(config: cfg.Config, run_dir: Path, *, console: Console | None = None,
+          comm: Comm = SINGLE) -> Run:
+    """Create a run directory (refusing one that already holds a run) and a fresh run.
+
+    Under torchrun every rank checks the directory and builds the run; rank 0 alone
+    writes it.
+    """
+    run_dir = Path(run_dir)
+    check_new_run_dir(run_dir)
+    run = _build(config, run_dir, console, None, comm)
+    comm.barrier("checking the run directory")  # before rank 0 writes into it
+    if not comm.is_main:
+        comm.barrier("writing config.yaml")
+        return run
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run.lock.acquire()
+    try:
+        check_new_run_dir(run_dir)  # again under the lock: another start may have won the race
+        files.write_text(run_dir / CONFIG, cfg.dump(config))
+    except BaseException:
+        run.lock.release()
+        raise
+    (run_dir / METRICS).unlink(missing_ok=True)
+    comm.barrier("writing config.yaml")
+    return run
+
+
+def resume(run_dir: Path, changes: cfg.Config | None = None, *,
+           console: Console | None = None, comm: Comm = SINGLE) -> Run:
+    """Reopen a run from its checkpoint; ``changes`` may alter only RESUMABLE_CHANGES.
+
+    A checkpoint does not depend on the number of ranks: a run trained under
+    torchrun resumes in one process, or on another number of ranks, and back.
+    """
+    run_dir = Path(run_dir)
+    saved = read_run_config(run_dir)
+    # the number of ranks is how this resume runs, not part of what it computes
+    changes = dataclasses.replace(changes or saved, world_size=comm.world_size)
+    lock = RunLock(run_dir)
+    if comm.is_main:
+        lock.acquire()  # before anything is truncated or rewritten
+    try:
+        run = _reopen(run_dir, saved, changes, lock, console, comm)
+    except BaseException:
+        lock.release()
+        raise
+    comm.barrier("resuming")  # rank 0 has rewritten config.yaml and metrics.jsonl
+    return run
+
+
+def open_run(config: cfg.Config, run_dir: Path, *, console: Console | None = None,
+             comm: Comm = SINGLE) -> Run:
+    """Resume ``run_dir`` if it holds a checkpoint (with ``config``'s resumable changes), else start it."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CHECKPOINT).exists():
+        return start(config, run_dir, console=console, comm=comm)
+    saved = read_run_config(run_dir)
+    changed = cfg.difference(saved.to_dict(), config.to_dict())
+    return resume(run_dir, config if changed else None, console=console, comm=comm)
+
+
+def _build(config: cfg.Config, run_dir: Path, console: Console | None, lock: RunLock | None,
+           comm: Comm) -> Run:
+    run = Run(config, run_dir, console=console, lock=lock, comm=comm)
+    check_evaluable(config, run.dataset, run.model.backbone.tap_names)  # fail now, not after
+    return run
+
+
+def _reopen(run_dir: Path, saved: cfg.Config, changes: cfg.Config, lock: RunLock,
+            console: Console | None, comm: Comm) -> Run:
+    if comm.is_main:
+        files.remove_temporaries(run_dir)  # a write cut short by a kill; the old file is intact
+    path = run_dir / CHECKPOINT
+    state = load_checkpoint(path) if path.exists() else None
+    if state is not None and state.get("config") is not None:
+        # a resume may have changed a resumable setting in config.yaml since the checkpoint
+        edited = [key for key in cfg.difference(state["config"], saved.to_dict())
+                  if key not in RESUMABLE_CHANGES]
+        if edited:
+            raise CheckpointError(f"'{run_dir / CONFIG}' no longer matches its checkpoint "
+                                  f"({edited[0]} differs); restore it or start a new run")
+    changed = cfg.difference(saved.to_dict(), changes.to_dict())
+    fixed = [key for key in changed if key not in RESUMABLE_CHANGES]
+    if fixed:
+        raise ConfigError(f"--resume: {fixed[0]} differs from the run's config.yaml; a resumed "
+                          f"run may only change {', '.join(RESUMABLE_CHANGES)}")
+    run = _build(changes, run_dir, console, lock, comm)
+    if state is not None:
+        per_epoch = len(run.dataset) // changes.train.batch_size
+        restore_run_state(run, state, path, per_epoch)
+        run.tally = EpochTally.fresh(run.device, **state.get("epoch_sums", {}))
+    if comm.is_main:
+        truncate_metrics(run_dir / METRICS, run.step)
+        if changed:
+            files.write_text(run_dir / CONFIG, cfg.dump(changes))
+    return run
+
+
+def execute(run: Run, *, evaluate: bool = True, console: Console | None = None,
+            progress: Console | None = None) -> Outcome:
+    """Train ``run`` to its last epoch, then evaluate it (when ``evaluate`` and ``eval.enabled``).
+
+    Fires ``on_run_start`` before training and ``on_run_end`` on every way out
+    (``results`` None unless evaluated). When training changed the checkpoint,
+    the evaluation outputs of the older one are moved aside first. Under torchrun
+    the ranks leave their process group together after training and rank 0 alone
+    evaluates. ``console`` takes the results table, ``progress`` the evaluation's
+    progress (both stderr by default).
+    """
+    comm = run.comm
+    results: dict[str, Any] | None = None
+    run.hook.on_run_start(run=run.view())
+    try:
+        started, before = time.perf_counter(), _identity(run.checkpoint_path)
+        retired: list[tuple[str, Path]] = []
+        try:
+            finished = run.train()
+        except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, mid-step
+            raise Interrupted(f"interrupted: training stopped at once; the last checkpoint saved "
+                              f"is kept in {run.checkpoint_path}; resume with: natkit run "
+                              f"--resume {run.dir}") from None
+        finally:
+            # gloo aborts a rank whose group goes while DDP's reducer still holds it: drop DDP
+            # first, on every way out of training
+            run.release_ranks()
+            if comm.is_main and _identity(run.checkpoint_path) != before:
+                retired = retire_outputs(run.dir)
+                _announce(run, retired, evaluating=evaluate and run.config.eval.enabled)
+        seconds = time.perf_counter() - started
+        if finished:
+            # every rank leaves the group together (gloo aborts a rank that leaves while a peer
+            # still sends); rank 0 then evaluates in one process (see docs/scaling.md)
+            comm.barrier("finishing training")
+            distributed.shutdown(comm)
+            if comm.is_main and evaluate and run.config.eval.enabled:
+                results = evaluation(run.dir, console=console, progress=progress)["results"]
+        return Outcome(run, finished, results, seconds, tuple(retired))
+    finally:
+        run.hook.on_run_end(run=run.view(), results=results)
+
+
+def evaluation(run_dir: Path, *, console: Console | None = None,
+               progress: Console | None = None) -> dict[str, Any]:
+    """Evaluate a run directory's checkpoint; Ctrl-C raises Interrupted saying what is kept."""
+    before = _identity(run_dir / RESULTS)
+    try:
+        return evaluate_run(run_dir, console=console, progress=progress)
+    except KeyboardInterrupt:
+        after = _identity(run_dir / RESULTS)
+        if after is None:
+            kept = f"{RESULTS} was not written"
+        elif after == before:
+            kept = f"the previous {RESULTS} is kept"
+        else:
+            kept = f"{RESULTS} was written just before"
+        raise Interrupted(f"interrupted: evaluation stopped; {run_dir / CHECKPOINT} is intact "
+                          f"and {kept}; evaluate again with: natkit eval {run_dir}") from None
+
+
+def _announce(run: Run, retired: list[tuple[str, Path]], *, evaluating: bool) -> None:
+    if retired:
+        moved = ", ".join(f"{old} -> {new.name}" for old, new in retired)
+        hint = "" if evaluating else f"; evaluate this one with: natkit eval {run.dir}"
+        run.console.print(f"the checkpoint changed: moved the previous evaluation aside ({moved}), "
+                          f"as it describes an earlier checkpoint{hint}",
+                          soft_wrap=True, highlight=False, markup=False)
+
+
+def _identity(path: Path) -> tuple[int, int, int] | None:
+    """What changes when a file is replaced (atomic writes give it a new inode), or None."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
