@@ -7,7 +7,8 @@ every registered component's options), ``<!-- benchmark-results -->``
 (benchmarks/RESULTS.md, whose figures are copied into the site) and
 ``<!-- gpu-results -->`` (the speed suite's tables measured on lent GPUs) and
 ``<!-- distributed-results -->`` (torchrun ranks against one process) and
-``<!-- eval-memory-results -->`` (the evaluation's peak memory against n).
+``<!-- eval-memory-results -->`` (the evaluation's peak memory against n) and
+``<!-- register-hooks -->`` (a ``register_*`` hook per kind of component in natkit.kinds).
 """
 
 from __future__ import annotations
@@ -223,6 +224,18 @@ def render_math(markdown: str) -> str:
     return _MATH.sub(replace, markdown)
 
 
+def register_hooks() -> str:
+    """The plugin hooks' table rows for the ``register_*`` hooks, one per kind in natkit.kinds."""
+    from natkit.kinds import TABLE
+
+    first, *rest = TABLE
+    rows = [f"| `{first.hook}(register)` | a `register(name, factory, *, help=None, "
+            f"prefix=False)` callback | add {first.what}: `{first.factory}` |"]
+    rows += [f"| `{kind.hook}(register)` | same | add {kind.what}: `{kind.factory}` |"
+             for kind in rest]
+    return "\n".join(rows)
+
+
 def on_page_markdown(markdown: str, page, config, files) -> str:
     """Replace the reference markers with generated Markdown, and TeX with MathML."""
     markdown = render_math(markdown)
@@ -231,7 +244,8 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
                          ("<!-- benchmark-results -->", benchmark_results),
                          ("<!-- gpu-results -->", gpu_results),
                          ("<!-- distributed-results -->", distributed_results),
-                         ("<!-- eval-memory-results -->", eval_memory_results)):
+                         ("<!-- eval-memory-results -->", eval_memory_results),
+                         ("<!-- register-hooks -->", register_hooks)):
         if marker in markdown:
             markdown = markdown.replace(marker, make())
     return markdown

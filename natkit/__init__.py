@@ -1,59 +1,50 @@
-"""natkit: Noise As Targets and other alignment-to-targets self-supervised learning."""
+"""natkit: Noise As Targets and other alignment-to-targets self-supervised learning.
+
+``natkit.create_<kind>(name, **options)`` builds a registered component of each
+kind in :mod:`natkit.kinds` (``create_method``, ``create_backbone``,
+``create_targets``, ``create_solver``, ``create_preprocess``,
+``create_dataset``); ``list_components(kind, pattern)`` lists their names.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from natkit.errors import NatkitError
 from natkit.hookspecs import hookimpl
+from natkit.kinds import TABLE, Kind
 from natkit.plugins import get_host, registry
 from natkit.version import __version__
 
-__all__ = [
-    "NatkitError",
-    "__version__",
-    "create_backbone",
-    "create_dataset",
-    "create_method",
-    "create_preprocess",
-    "create_solver",
-    "create_targets",
-    "get_host",
-    "hookimpl",
-    "list_components",
-]
 
+def _creator(kind: Kind) -> Callable[..., Any]:
+    """``create_<kind>(name, **options)``, made from the kind's row in natkit.kinds."""
 
-def create_method(name: str, **kwargs: Any) -> Any:
-    """Build a training method by name, e.g. ``create_method("nat", context=ctx)``."""
-    return registry("method").create(name, **kwargs)
+    def create(name: str, **kwargs: Any) -> Any:
+        return registry(kind.name).create(name, **kwargs)
 
-
-def create_backbone(name: str, **kwargs: Any) -> Any:
-    """Build a backbone by name, e.g. ``create_backbone("alexnet", in_chans=2)``."""
-    return registry("backbone").create(name, **kwargs)
-
-
-def create_targets(name: str, **kwargs: Any) -> Any:
-    """Build a target distribution by name, e.g. ``create_targets("sphere", dim=128)``."""
-    return registry("targets").create(name, **kwargs)
-
-
-def create_solver(name: str, **kwargs: Any) -> Any:
-    """Build an assignment solver by name, e.g. ``create_solver("hungarian")``."""
-    return registry("solver").create(name, **kwargs)
-
-
-def create_preprocess(name: str, **kwargs: Any) -> Any:
-    """Build a preprocessor by name, e.g. ``create_preprocess("sobel")``."""
-    return registry("preprocess").create(name, **kwargs)
-
-
-def create_dataset(name: str, **kwargs: Any) -> Any:
-    """Build a dataset split by name, e.g. ``create_dataset("digits", split="test")``."""
-    return registry("dataset").create(name, **kwargs)
+    create.__name__ = create.__qualname__ = f"create_{kind.name}"
+    create.__doc__ = (f"Build one of the registered {kind.what} by name, e.g. "
+                      f"``create_{kind.name}({kind.examples[0]!r}, ...)``.")
+    return create
 
 
 def list_components(kind: str, pattern: str = "*") -> list[str]:
     """Names registered for ``kind`` that match the glob ``pattern`` (e.g. ``"s*"``)."""
     return registry(kind).names(pattern)
+
+
+# create_method, create_backbone, ...: one per row of the table of kinds
+for _kind in TABLE:
+    globals()[f"create_{_kind.name}"] = _creator(_kind)
+del _kind
+
+__all__ = [
+    "NatkitError",
+    "__version__",
+    *(f"create_{kind.name}" for kind in TABLE),
+    "get_host",
+    "hookimpl",
+    "list_components",
+]

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import time
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -95,22 +97,38 @@ def _option_overrides(overrides: list[str] | None, **options: Any) -> list[str]:
         overrides or [])
 
 
+def component_options(command: F) -> F:
+    """Give a command one ``--<section>`` option per kind of component in natkit.kinds.
+
+    The command receives them together as ``components``, a mapping from config
+    section to the name given (or None), so a new kind needs no edit here.
+    """
+    signature = inspect.signature(command)
+    options = [inspect.Parameter(kind.section, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                 annotation=Annotated[str | None,
+                                                      typer.Option(help=kind.option_help)])
+               for kind in TABLE]
+    parameters = [p for p in signature.parameters.values() if p.name != "components"]
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        components = {kind.section: kwargs.pop(kind.section, None) for kind in TABLE}
+        return command(*args, components=components, **kwargs)
+
+    hints = typing.get_type_hints(command, include_extras=True)
+    keyword = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints[p.name])
+               for p in parameters]
+    wrapper.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[*options, *keyword], return_annotation=hints.get("return"))
+    wrapper.__annotations__ = {p.name: p.annotation for p in (*options, *keyword)}
+    return wrapper  # type: ignore[return-value]
+
+
 @app.command()
 @user_errors
+@component_options
 def run(
-    method: Annotated[str | None, typer.Option(help="Training method: nat (default), supervised, "
-                                                    "or a plugin's (natkit list methods).")]
-    = None,
-    backbone: Annotated[str | None, typer.Option(help="Backbone, e.g. alexnet or timm:resnet18.")]
-    = None,
-    targets: Annotated[str | None, typer.Option(help="Target distribution, e.g. sphere or basis.")]
-    = None,
-    solver: Annotated[str | None, typer.Option(help="Assignment solver, e.g. hungarian, emd, "
-                                                    "sinkhorn or greedy.")] = None,
-    preprocess: Annotated[str | None, typer.Option(help="Preprocessor: sobel, clean or highpass.")]
-    = None,
-    data: Annotated[str | None, typer.Option(help="Dataset, e.g. shapes, digits, imagefolder.")]
-    = None,
+    components: dict[str, str | None],
     epochs: Annotated[int | None, typer.Option(help="Training epochs (train.epochs).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the whole run.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
@@ -142,8 +160,6 @@ def run(
     from natkit import distributed
     from natkit.builders import read_run_config
 
-    components = {"method": method, "backbone": backbone, "targets": targets, "solver": solver,
-                  "preprocess": preprocess, "data": data}
     texts = _option_overrides(overrides, **{"train.epochs": epochs, "seed": seed,
                                             "device": device})
     if resume is not None:
@@ -346,5 +362,8 @@ def config_command(
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point: natkit's commands and those the plugins add."""
+    from natkit.plugins import get_host
+
+    get_host().add_commands(app)
     app()

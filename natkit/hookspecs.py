@@ -6,19 +6,26 @@ a package ships one by declaring an entry point in the ``natkit`` group::
     [project.entry-points.natkit]
     my_plugin = "my_package.plugin"
 
-Every hook is optional. The ``register_*`` hooks receive a ``register``
+Every hook is optional. The ``register_*`` hooks, one per kind of component
+(made from the table in :mod:`natkit.kinds`: ``register_methods``,
+``register_backbones``, ``register_targets``, ``register_solvers``,
+``register_preprocessors``, ``register_datasets``), receive a ``register``
 callback, ``register(name, factory, *, help=None, prefix=False)``; the
 built-in components (NAT and supervised training included) use exactly these
-hooks. The lifecycle hooks receive a :class:`natkit.runview.RunView`: a live,
-read-only view of the run, the same object from start to end. Under torchrun
-they run on rank 0 only, where the files are written.
+hooks. ``register_commands`` adds commands to the ``natkit`` CLI. The
+lifecycle hooks receive a :class:`natkit.runview.RunView`: a live, read-only
+view of the run, the same object from start to end. Under torchrun they run on
+rank 0 only, where the files are written.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import pluggy
+
+from natkit.kinds import TABLE, Kind
 
 if TYPE_CHECKING:
     from natkit.runview import RunView
@@ -27,34 +34,26 @@ hookspec = pluggy.HookspecMarker("natkit")
 hookimpl = pluggy.HookimplMarker("natkit")
 
 
-@hookspec
-def register_methods(register: Any) -> None:
-    """Add training methods: ``factory(*, context: MethodContext, **options) -> Method``."""
+def _register_hook(kind: Kind) -> Callable[[Any], None]:
+    """The ``register_*`` hookspec of one kind of component, made from its row in natkit.kinds."""
+
+    def register(register: Any) -> None:
+        pass
+
+    register.__name__ = register.__qualname__ = kind.hook
+    register.__doc__ = kind.hook_doc
+    return hookspec(register)
+
+
+# register_methods, register_backbones, ...: one per row of the table of kinds
+for _kind in TABLE:
+    globals()[_kind.hook] = _register_hook(_kind)
+del _kind
 
 
 @hookspec
-def register_backbones(register: Any) -> None:
-    """Add backbones: ``factory(*, in_chans, image_size, **options) -> nn.Module``."""
-
-
-@hookspec
-def register_targets(register: Any) -> None:
-    """Add target distributions: ``factory(*, dim, seed, **options) -> Targets``."""
-
-
-@hookspec
-def register_solvers(register: Any) -> None:
-    """Add assignment solvers: ``factory(**options) -> callable(cost[b, b]) -> LongTensor[b]``."""
-
-
-@hookspec
-def register_preprocessors(register: Any) -> None:
-    """Add preprocessors: ``factory(*, in_channels, **options) -> nn.Module`` with ``out_channels``."""
-
-
-@hookspec
-def register_datasets(register: Any) -> None:
-    """Add datasets: ``factory(*, split, **options) -> Dataset`` of ``(image, index, label)``."""
+def register_commands(cli: Any) -> None:
+    """Add commands to the ``natkit`` command line: ``cli`` is its typer app (``@cli.command()``)."""
 
 
 @hookspec
@@ -83,4 +82,8 @@ def on_epoch_end(run: RunView, metrics: dict[str, Any]) -> None:
 
 @hookspec
 def on_run_end(run: RunView, results: dict[str, Any] | None) -> None:
-    """Training (and evaluation, when enabled) finished; ``results`` is results.json or None."""
+    """A run's life in this process ended: trained (and evaluated, when enabled), or stopped early.
+
+    Fired on every way out, an interruption or an error included; ``results`` is
+    results.json when the run was evaluated, else None.
+    """

@@ -31,6 +31,7 @@ ENTRY_POINT_GROUP = "natkit"
 AUTOLOAD_ENV = "NATKIT_DISABLE_PLUGIN_AUTOLOAD"
 DEBUG_ENV = "NATKIT_DEBUG"  # =1: a failing plugin's file and line, and its traceback
 BUILTIN_PLUGIN = "natkit"
+BUILTIN_MODULE = "natkit.builtin"  # imported by name: the built-ins sit below the host
 
 
 
@@ -63,7 +64,7 @@ class PluginHost:
         self.pm.add_hookspecs(hookspecs)
         self._info: dict[str, PluginInfo] = {}
         self._registries: dict[str, Registry] = {}  # filled per kind, on first use
-        builtin = importlib.import_module("natkit.builtin")
+        builtin = importlib.import_module(BUILTIN_MODULE)
         self.register(builtin, name=BUILTIN_PLUGIN, distribution="natkit", version=_version())
         if autoload is None:
             autoload = os.environ.get(AUTOLOAD_ENV, "").strip().lower() not in ("1", "true", "yes")
@@ -131,6 +132,22 @@ class PluginHost:
     def registries(self) -> dict[str, Registry]:
         """Every kind's registry."""
         return {kind: self.registry(kind) for kind in KINDS}
+
+    def add_commands(self, cli: Any) -> None:
+        """Let every plugin add its commands to the ``natkit`` typer app ``cli``.
+
+        A plugin whose ``register_commands`` raises is reported by name and left
+        out; the commands of the others, and natkit's own, keep working.
+        """
+        for impl in self.pm.hook.register_commands.get_hookimpls():
+            try:
+                impl.function(**{arg: cli for arg in impl.argnames})
+            except Exception as exc:  # never fatal: report the plugin and go on
+                info = self._info.get(impl.plugin_name, PluginInfo(impl.plugin_name,
+                                                                   impl.plugin_name, ""))
+                self._fail(impl.plugin_name, info.distribution, info.version,
+                           f"failed in its register_commands hook: {type(exc).__name__}: "
+                           f"{exc}{_where(exc)}")
 
     def _register_kind(self, name: str, reg: Registry) -> None:
         """Add one plugin's components of one kind, all or nothing: a failure adds none."""

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+import typer
 from typer.testing import CliRunner
 
 import natkit
-from natkit import plugins
+from natkit import hookspecs, plugins
 from natkit.cli import app
+from natkit.kinds import TABLE
 from natkit.plugins import PluginHost, PluginWarning
 
 GOOD_PLUGIN = '''
@@ -53,7 +58,7 @@ def install_fake_distribution(root: Path, dist: str, modules: dict[str, str]) ->
     """Write modules and a .dist-info with ``natkit`` entry points, as pip would."""
     for name, source in modules.items():
         (root / f"{name}.py").write_text(textwrap.dedent(source))
-    info = root / f"{dist}-1.2.3.dist-info"
+    info = root / f"{dist.replace('-', '_')}-1.2.3.dist-info"  # pip's name for the folder
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
     lines = "\n".join(f"{name} = {name}" for name in modules)
@@ -173,3 +178,63 @@ def test_natkit_plugins_lists_failures_by_name(site):
     assert result.exit_code == 0
     assert "natkit_broken" in result.output and "error" in result.output
     assert "natkit " in result.output  # the built-ins are listed too
+
+
+COMMAND_PLUGIN = '''
+import natkit
+
+
+@natkit.hookimpl
+def register_commands(cli):
+    @cli.command()
+    def hello(name: str = "world") -> None:
+        """Say hello."""
+        print(f"hello {name} from a plugin")
+'''
+
+BROKEN_COMMANDS = '''
+import natkit
+
+
+@natkit.hookimpl
+def register_commands(cli):
+    raise RuntimeError("no commands today")
+'''
+
+
+def test_a_plugin_adds_a_command_to_the_natkit_cli(site):
+    install_fake_distribution(site, "natkit-hello", {"natkit_hello": COMMAND_PLUGIN})
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env.pop(plugins.AUTOLOAD_ENV, None)
+    done = subprocess.run([sys.executable, "-m", "natkit", "hello", "--name", "NAT"], env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "hello NAT from a plugin"
+
+
+def test_a_plugin_whose_commands_fail_is_reported_and_the_others_stay(site):
+    install_fake_distribution(site, "natkit-cmds", {"natkit_broken_cmds": BROKEN_COMMANDS,
+                                                    "natkit_hello": COMMAND_PLUGIN})
+    cli = typer.Typer()
+
+    @cli.command()
+    def own() -> None:
+        """natkit's own command."""
+
+    host = PluginHost()
+    with pytest.warns(PluginWarning, match=r"'natkit_broken_cmds' failed in its register_commands "
+                                           r"hook: RuntimeError: no commands today"):
+        host.add_commands(cli)
+    result = CliRunner().invoke(cli, ["hello"])
+    assert result.exit_code == 0 and "hello world from a plugin" in result.output
+    assert CliRunner().invoke(cli, ["own"]).exit_code == 0
+
+
+@pytest.mark.parametrize("kind", TABLE, ids=lambda k: k.name)
+def test_each_kind_of_the_table_gets_its_hook_factory_and_run_option(kind, host):
+    assert getattr(natkit, f"create_{kind.name}").__name__ == f"create_{kind.name}"
+    assert f"create_{kind.name}" in natkit.__all__
+    assert kind.hook in {name for name in dir(host.hook) if name.startswith("register_")}
+    assert getattr(hookspecs, kind.hook).__doc__ == kind.hook_doc
+    result = CliRunner().invoke(app, ["run", "--help"], terminal_width=200)
+    assert f"--{kind.section} " in result.output and f"natkit list {kind.plural}" in result.output

@@ -20,8 +20,7 @@ import torch
 
 from natkit.assignment import AssignmentState, Reassignment
 from natkit.errors import SolverError
-from natkit.methods.base import Batch, Method, MethodContext, StepLoss
-from natkit.runview import RunView
+from natkit.methods.base import Batch, Method, MethodContext, RunView, StepLoss
 from natkit.solvers import InvalidSolution
 from natkit.values import Bounds
 
