@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import pickle
+import pickletools
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -58,13 +59,11 @@ def load_checkpoint(path: Path, *, lazy: bool = False) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint '{path}' does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=lazy)
-    except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()
-        why = next((line for line in first if "GLOBAL" in line or "Unsupported" in line),
-                   first[0] if first else "")
+    except pickle.UnpicklingError:
+        found = _foreign_global(path)
         raise CheckpointError(
             f"checkpoint '{path}' was refused: it holds pickled objects, not just tensors "
-            f"and plain data ({why.strip()[:160]})"
+            f"and plain data{f' ({found[:160]})' if found else ''}"
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise CheckpointError(
@@ -74,6 +73,37 @@ def load_checkpoint(path: Path, *, lazy: bool = False) -> dict[str, Any]:
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"checkpoint '{path}' is not a natkit checkpoint (no 'model' entry)")
     return state
+
+
+# Where the classes and functions of a plain checkpoint come from: tensors and containers.
+_PLAIN_MODULES = frozenset({"torch", "collections", "builtins", "_codecs"})
+_STRING_OPS = frozenset({"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"})
+
+
+def _foreign_global(path: Path) -> str | None:
+    """The first class or function a checkpoint's pickle names outside torch and the containers.
+
+    Read from the pickle's opcodes, which name what loading it would import; nothing
+    in the file is run. None when the file cannot be read so.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            member = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+            if member is None:
+                return None
+            data = archive.read(member)
+        strings: list[str] = []
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in _STRING_OPS:
+                strings.append(str(arg))
+            elif op.name in ("GLOBAL", "STACK_GLOBAL"):
+                module, name = (str(arg).split(" ", 1) if op.name == "GLOBAL"
+                                else (strings[-2], strings[-1]))
+                if module.split(".")[0] not in _PLAIN_MODULES:
+                    return f"{module}.{name}"
+    except (OSError, ValueError, IndexError, zipfile.BadZipFile, pickle.UnpicklingError):
+        return None
+    return None
 
 
 def first_non_finite(state: Mapping[str, Any]) -> tuple[str, int, int, bool] | None:

@@ -32,6 +32,10 @@ class CheckpointError(NatkitError):
 class OutputError(NatkitError):
     """A file natkit must write could not be written (full disk, read-only place, bad path)."""
 
+    def __init__(self, message: str, *, option: str | None = None) -> None:
+        super().__init__(message)
+        self.option = option  # the command-line option the message already names, if any
+
 
 class TrainingDiverged(NatkitError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""

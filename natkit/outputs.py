@@ -36,7 +36,7 @@ def _related(exc: OSError, paths: tuple[Path, ...]) -> bool:
 
 def output_error(option: str, path: Path, exc: OSError) -> OutputError:
     """One line naming the option and the path the system refused, and why."""
-    return OutputError(f"{option}: cannot write '{path}': {describe_os_error(exc)}")
+    return OutputError(f"{option}: cannot write '{path}': {describe_os_error(exc)}", option=option)
 
 
 @contextlib.contextmanager
@@ -55,10 +55,9 @@ def output_errors(option: str, path: Path, *also: Path) -> Iterator[None]:
             raise
         raise output_error(option, Path(path), exc) from None
     except OutputError as exc:
-        message = str(exc)
-        if message.startswith(f"{option}:"):
+        if exc.option == option:
             raise
-        raise OutputError(f"{option}: {message}") from None
+        raise OutputError(f"{option}: {exc}", option=option) from None
 
 
 def check_output_file(out: Path, force: bool, option: str = "--out") -> list[Path]:
@@ -68,12 +67,12 @@ def check_output_file(out: Path, force: bool, option: str = "--out") -> list[Pat
     with output_errors(option, out, files[1]):
         if out.is_dir():
             raise OutputError(f"{option}: '{out}' is a directory; give the file to write, "
-                              f"e.g. {out / 'backbone.pt'}")
+                              f"e.g. {out / 'backbone.pt'}", option=option)
         for i, path in enumerate(files):
             if path.is_dir():
-                raise OutputError(f"{option}: '{path}' is a directory")
+                raise OutputError(f"{option}: '{path}' is a directory", option=option)
             if not force and (path.exists() or path.is_symlink()):
                 what = "" if i == 0 else " (the description written beside the weights)"
                 raise OutputError(f"{option}: '{path}' already exists{what}; use --force to "
-                                  "overwrite it")
+                                  "overwrite it", option=option)
     return files
