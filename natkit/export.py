@@ -66,8 +66,9 @@ def export(run_dir: Path, out: Path, *, force: bool = False) -> dict[str, Any]:
     if not weights:
         raise CheckpointError(f"checkpoint '{run_dir / CHECKPOINT}' holds no backbone weights")
     dataset = load_dataset(config, "test")
-    preprocess = registry("preprocess").create(config.preprocess["name"], in_channels=dataset.channels,
-                                          **cfg.component_options(config.preprocess))
+    preprocess = registry("preprocess").create(config.preprocess["name"],
+                                               in_channels=dataset.channels,
+                                               **cfg.component_options(config.preprocess))
     options = {k: v for k, v in config.backbone.items() if k != "name"}
     size = input_size(config, dataset)  # augment.crop_size: the centre crop of the loaded image
     note = ("the weights expect the preprocessor's output (e.g. 2 Sobel channels), computed "
