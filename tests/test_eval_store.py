@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import subprocess
 import sys
@@ -11,12 +12,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from natkit import builders, engine
-from natkit.evaluation import probes
+import natkit.files
+from natkit import builders, lifecycle
+from natkit.errors import OutputError
+from natkit.evaluation import knn, probes
 from natkit.evaluation.features import extract_features, write_features
-from natkit.evaluation.probes import Rows, fit_linear, knn_probe, linear_probe, statistics
-from natkit.evaluation.protocol import STORE_PREFIX, evaluate_run
-from natkit.evaluation.store import StoreWriter, TensorFeatures, moments
+from natkit.evaluation.knn import knn_probe
+from natkit.evaluation.probes import fit_linear, linear_probe
+from natkit.evaluation.protocol import evaluate_run
+from natkit.evaluation.reporting import QUIET
+from natkit.evaluation.rows import Rows, statistics
+from natkit.evaluation.store import STORE_PREFIX, StoreWriter, TensorFeatures, moments
 
 
 def write(path, x, rows=37):
@@ -25,6 +31,46 @@ def write(path, x, rows=37):
         writer.append(chunk)
     return writer.finish()
 
+
+
+class _Full:
+    """A file on a full disk."""
+
+    def write(self, data: bytes) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_a_refused_feature_store_is_one_line_naming_it_and_leaves_no_file(tmp_path, monkeypatch):
+    x = torch.randn(10, 4)
+    writer = StoreWriter(tmp_path / "a.f16")
+    writer.append(x)
+    writer._file = _Full()
+    with pytest.raises(OutputError, match=r"^eval: cannot write '.*a\.f16': no space is left on "
+                                          r"the device; nothing was written; free space there"):
+        writer.append(x)
+    writer.abort()  # as write_features does on the way out: nothing left to do
+    assert list(tmp_path.iterdir()) == []
+
+    def full(*args: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writer = StoreWriter(tmp_path / "b.f16")
+    writer.append(x)
+    monkeypatch.setattr(natkit.files.os, "fsync", full)
+    with pytest.raises(OutputError, match=r"cannot write '.*b\.f16': no space is left"):
+        writer.finish()
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_aborted_feature_store_leaves_nothing_and_a_finished_one_only_itself(tmp_path):
+    writer = StoreWriter(tmp_path / "a.f16")
+    writer.append(torch.randn(10, 4))
+    writer.abort()
+    writer.abort()
+    assert list(tmp_path.iterdir()) == []
+    store = write(tmp_path / "b.f16", torch.randn(10, 4))
+    assert [p.name for p in tmp_path.iterdir()] == ["b.f16"] and len(store) == 10
 
 @pytest.fixture(scope="module")
 def real_features():
@@ -88,12 +134,12 @@ def test_chunked_knn_predicts_exactly_what_the_dense_knn_does(real_features, tmp
     x, y, tx, _ = real_features
     store = write(tmp_path / "train.f16", x)
     decoded = store.read(np.arange(len(x)))
-    monkeypatch.setattr(probes, "_SIMS_ELEMENTS", 5 * 23)  # bank blocks of 23 rows
+    monkeypatch.setattr(knn, "_SIMS_ELEMENTS", 5 * 23)  # bank blocks of 23 rows
     bank = Rows(store, np.arange(len(x)), y, chunk=61)  # bank chunks of 61 rows
     query = Rows(TensorFeatures(tx), np.arange(len(tx)), torch.zeros(len(tx), dtype=torch.int64),
                  chunk=47)
     ks = [1, 5, 20, 50]
-    chunked = probes._knn_votes(bank, query, ks, 0.07, "cpu", probes.QUIET)
+    chunked = knn._knn_votes(bank, query, ks, 0.07, "cpu", QUIET)
     for k in ks:
         assert torch.equal(chunked[k], dense_knn(decoded, y, tx, k)), k
     assert len(set(chunked[20].tolist())) > 3  # real, varied predictions
@@ -151,7 +197,7 @@ def test_write_features_stores_what_extract_features_returns(tiny_config, tmp_pa
 
 
 def test_a_streamed_evaluation_writes_results_and_leaves_no_feature_files(tiny_config, tmp_path):
-    run = engine.start(tiny_config("eval.chunk_mb=0.001", "eval.plots=true"), tmp_path / "run")
+    run = lifecycle.start(tiny_config("eval.chunk_mb=0.001", "eval.plots=true"), tmp_path / "run")
     run.train()
     # an evaluation killed outright leaves its folder; its process is gone, so it is removed
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -186,21 +232,21 @@ def test_the_memory_benchmark_renders_its_images_on_demand_and_judges_the_goal()
 
 
 def test_the_training_accuracy_is_read_on_a_capped_sample(monkeypatch):
-    from natkit.evaluation import probes
+    from natkit.evaluation import selection
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(300, 8, generator=g)
     y = (x[:, 0] > 0).long()
     read = []
-    original = probes._accuracy
+    original = selection._accuracy
 
     def counting(predictor, rows):
         read.append(len(rows))
         return original(predictor, rows)
 
-    monkeypatch.setattr(probes, "_accuracy", counting)
-    monkeypatch.setattr(probes, "TRAIN_ACCURACY_ROWS", 50)
-    result = probes.knn_probe(x[:200], y[:200], x[200:], y[200:], ks=[3], temperature=0.1,
-                              val_fraction=0.2, seed=0)
+    monkeypatch.setattr(selection, "_accuracy", counting)
+    monkeypatch.setattr(selection, "TRAIN_ACCURACY_ROWS", 50)
+    result = knn_probe(x[:200], y[:200], x[200:], y[200:], ks=[3], temperature=0.1,
+                       val_fraction=0.2, seed=0)
     assert read[-1] == 50  # the last accuracy read is the training one, on 50 sampled rows
     assert 0.5 < result.train_accuracy <= 1.0

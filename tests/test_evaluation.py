@@ -8,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from natkit import builders, engine
+from natkit import builders, lifecycle
 from natkit.evaluation.features import extract_features, recalibrate_batchnorm
-from natkit.evaluation.probes import Rows, knn_probe, linear_probe, mlp_probe, statistics
+from natkit.evaluation.knn import knn_probe
+from natkit.evaluation.probes import linear_probe, mlp_probe
 from natkit.evaluation.protocol import evaluate_run
+from natkit.evaluation.rows import Rows, statistics
 
 
 def blobs(n=300, d=10, classes=3, spread=0.3, seed=0):
@@ -160,7 +162,7 @@ def test_linear_probe_trains_its_weights():
 
 
 def test_evaluate_run_writes_results_details_and_plots(tiny_config, tmp_path):
-    run = engine.start(tiny_config(), tmp_path / "run")
+    run = lifecycle.start(tiny_config(), tmp_path / "run")
     run.train()
     out = evaluate_run(tmp_path / "run")
     results = json.loads((tmp_path / "run" / "results.json").read_text())
@@ -178,8 +180,8 @@ def test_evaluate_run_writes_results_details_and_plots(tiny_config, tmp_path):
 
 
 def test_evaluate_supervised_reports_the_classifier(tiny_config, tmp_path):
-    run = engine.start(tiny_config("method=supervised", "eval.probes=[knn]", "eval.plots=false"),
-                       tmp_path / "run")
+    run = lifecycle.start(tiny_config("method=supervised", "eval.probes=[knn]", "eval.plots=false"),
+                          tmp_path / "run")
     run.train()
     details = evaluate_run(tmp_path / "run")["details"]
     assert 0.0 <= details["classifier_accuracy"] <= 1.0
@@ -187,8 +189,8 @@ def test_evaluate_supervised_reports_the_classifier(tiny_config, tmp_path):
 
 
 def test_evaluation_is_repeatable(tiny_config, tmp_path):
-    run = engine.start(tiny_config("eval.probes=[linear,knn]", "eval.plots=false"),
-                       tmp_path / "run")
+    run = lifecycle.start(tiny_config("eval.probes=[linear,knn]", "eval.plots=false"),
+                          tmp_path / "run")
     run.train()
     assert evaluate_run(tmp_path / "run")["results"] == evaluate_run(tmp_path / "run")["results"]
 
@@ -197,7 +199,7 @@ def test_evaluation_is_repeatable(tiny_config, tmp_path):
 def test_every_phase_does_exactly_the_work_it_was_planned_with(tiny_config, tmp_path,
                                                               monkeypatch, extra):
     """The remaining-time estimate relies on each phase's planned units being its real work."""
-    from natkit.evaluation import protocol
+    from natkit.evaluation import phases, protocol
     from natkit.progress import EvalProgress
 
     done: dict[str, tuple[int, int]] = {}
@@ -216,10 +218,79 @@ def test_every_phase_does_exactly_the_work_it_was_planned_with(tiny_config, tmp_
             return super().finish()
 
     monkeypatch.setattr(protocol, "EvalProgress", Recording)
-    engine.start(tiny_config("train.epochs=1", *extra), tmp_path / "run").train()
+    lifecycle.start(tiny_config("train.epochs=1", *extra), tmp_path / "run").train()
     evaluate_run(tmp_path / "run")
     config = builders.read_run_config(tmp_path / "run")
-    planned = protocol.plan(config, ["trained", "random_init"], 64, 40,
-                            classifier=config.method["name"] == "supervised")
+    planned = phases.plan(config, ["trained", "random_init"], 64, 40,
+                          classifier=config.method["name"] == "supervised")
     assert list(done) == [p.key for p in planned]
     assert all(units == work for units, work in done.values()), done
+
+
+@pytest.mark.parametrize("broken", ["misshapen", "missing"])
+def test_a_checkpoint_that_does_not_fit_the_config_is_refused_in_one_line_naming_the_key(
+        tiny_config, tmp_path, broken):
+    from rich.console import Console
+
+    from natkit.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+    from natkit.errors import CheckpointError
+
+    run_dir = tmp_path / "run"
+    lifecycle.start(tiny_config("train.epochs=1", "eval.probes=[knn]", "eval.plots=false"),
+                    run_dir).train()
+    path = run_dir / CHECKPOINT
+    state = load_checkpoint(path)
+    key = next(iter(state["model"]))
+    if broken == "misshapen":
+        state["model"][key] = torch.zeros(3)
+        why = f"'{key}' has shape (3,); this config's network has ("
+    else:
+        del state["model"][key]
+        why = f"missing key '{key}'"
+    save_checkpoint(state, path)
+    with pytest.raises(CheckpointError) as refused:
+        evaluate_run(run_dir, console=Console(quiet=True))
+    message = str(refused.value)
+    assert message.startswith(f"checkpoint '{path}' does not fit the run's config: {why}")
+    assert "\n" not in message
+    assert not (run_dir / "results.json").exists()
+
+
+def test_results_and_details_are_written_together_or_not_at_all(tiny_config, tmp_path,
+                                                                monkeypatch):
+    import errno
+
+    from rich.console import Console
+
+    import natkit.files
+    from natkit.errors import OutputError
+
+    run_dir = tmp_path / "run"
+    lifecycle.start(tiny_config("train.epochs=1", "eval.probes=[knn]", "eval.plots=false"),
+                    run_dir).train()
+    write_files = natkit.files.write_files
+    written: list[list[str]] = []
+
+    def recording(contents):
+        written.append(sorted(path.name for path in contents))
+        return write_files(contents)
+
+    monkeypatch.setattr(natkit.files, "write_files", recording)
+    evaluate_run(run_dir, console=Console(quiet=True))
+    assert written == [["eval.json", "results.json"]]  # one write, both files
+    before = {name: (run_dir / name).read_bytes() for name in written[0]}
+
+    def full(src, dst):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def refused(contents):
+        monkeypatch.setattr(natkit.files.os, "replace", full)  # only now: not the feature files
+        return write_files(contents)
+
+    monkeypatch.setattr(natkit.files, "write_files", refused)
+    with pytest.raises(OutputError, match=f"cannot write '{run_dir / 'results.json'}': no space "
+                                          "is left on the device; the previous file is kept"):
+        evaluate_run(run_dir, console=Console(quiet=True))
+    monkeypatch.undo()
+    assert {name: (run_dir / name).read_bytes() for name in before} == before
+    assert not list(run_dir.glob(".*.tmp-*"))

@@ -11,8 +11,8 @@ from benchmarks import knn_gap
 from natkit import config as cfg
 from natkit.datasets import stratified_split
 from natkit.errors import ConfigError
-from natkit.evaluation import probes
-from natkit.evaluation.probes import knn_probe
+from natkit.evaluation import knn
+from natkit.evaluation.knn import knn_probe
 from natkit.evaluation.store import StoreWriter
 
 
@@ -55,7 +55,7 @@ def test_l2_knn_streamed_from_a_store_equals_the_dense_cosine_knn(tmp_path, monk
     writer.append(x)
     store = writer.finish()
     decoded = store.read(np.arange(len(x)))
-    monkeypatch.setattr(probes, "_SIMS_ELEMENTS", 5 * 23)
+    monkeypatch.setattr(knn, "_SIMS_ELEMENTS", 5 * 23)
     result = knn_probe(store, y, tx, ty, ks=[3, 7], normalizations=["l2"], chunk_mb=0.005)
     k = result.setting["k"]
     expected = float((dense_cosine_knn(decoded, y, tx, k) == ty).float().mean())

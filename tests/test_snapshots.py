@@ -4,10 +4,11 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from rich.console import Console
 
-from natkit import engine
-from natkit.checkpoint import load_checkpoint, snapshot_epochs, snapshot_path
+from natkit import lifecycle
+from natkit.checkpoint import load_checkpoint, save_checkpoint, snapshot_epochs, snapshot_path
 from natkit.errors import CheckpointError
 from natkit.evaluation.protocol import evaluate_run
 from natkit.evaluation.snapshots import evaluate_curve, evaluate_snapshot
@@ -19,12 +20,12 @@ FAST_EVAL = ("eval.probes=[linear,knn]", "eval.plots=false")
 
 def test_snapshots_are_kept_every_k_epochs_and_equal_the_checkpoint_of_that_epoch(tiny_config,
                                                                                   tmp_path):
-    run = engine.start(tiny_config("train.epochs=4", "train.keep_every=2", EXACT),
-                       tmp_path / "kept", console=QUIET)
+    run = lifecycle.start(tiny_config("train.epochs=4", "train.keep_every=2", EXACT),
+                          tmp_path / "kept", console=QUIET)
     run.train()
     assert snapshot_epochs(tmp_path / "kept") == [2, 4]
-    short = engine.start(tiny_config("train.epochs=2", "train.keep_every=2", EXACT),
-                         tmp_path / "short", console=QUIET)
+    short = lifecycle.start(tiny_config("train.epochs=2", "train.keep_every=2", EXACT),
+                            tmp_path / "short", console=QUIET)
     short.train()
     # the snapshot of epoch 2 is the very state a run stopped at epoch 2 ends with
     snapshot = load_checkpoint(snapshot_path(tmp_path / "kept", 2))
@@ -36,17 +37,17 @@ def test_snapshots_are_kept_every_k_epochs_and_equal_the_checkpoint_of_that_epoc
 
 
 def test_no_snapshots_by_default_and_keep_every_changes_on_resume(tiny_config, tmp_path):
-    engine.start(tiny_config("train.epochs=1"), tmp_path / "run", console=QUIET).train()
+    lifecycle.start(tiny_config("train.epochs=1"), tmp_path / "run", console=QUIET).train()
     assert snapshot_epochs(tmp_path / "run") == []
-    resumed = engine.resume(tmp_path / "run", tiny_config("train.epochs=3", "train.keep_every=1"),
-                            console=QUIET)
+    resumed = lifecycle.resume(tmp_path / "run", tiny_config("train.epochs=3", "train.keep_every=1"),
+                               console=QUIET)
     resumed.train()
     assert snapshot_epochs(tmp_path / "run") == [2, 3]
 
 
 def test_snapshots_are_written_even_between_rolling_checkpoints(tiny_config, tmp_path):
-    run = engine.start(tiny_config("train.epochs=3", "train.checkpoint_every=3",
-                                   "train.keep_every=1"), tmp_path / "run", console=QUIET)
+    run = lifecycle.start(tiny_config("train.epochs=3", "train.checkpoint_every=3",
+                                      "train.keep_every=1"), tmp_path / "run", console=QUIET)
     run.train()
     assert snapshot_epochs(tmp_path / "run") == [1, 2, 3]
     assert [load_checkpoint(snapshot_path(tmp_path / "run", e))["epoch"] for e in (1, 2, 3)] \
@@ -55,7 +56,7 @@ def test_snapshots_are_written_even_between_rolling_checkpoints(tiny_config, tmp
 
 def test_a_snapshot_evaluation_matches_the_checkpoint_of_its_epoch(tiny_config, tmp_path):
     run_dir = tmp_path / "run"
-    engine.start(tiny_config("train.keep_every=1", *FAST_EVAL), run_dir, console=QUIET).train()
+    lifecycle.start(tiny_config("train.keep_every=1", *FAST_EVAL), run_dir, console=QUIET).train()
     final = evaluate_run(run_dir, console=QUIET)
     results_before = (run_dir / "results.json").read_text()
     out = evaluate_snapshot(run_dir, 2, console=QUIET)
@@ -69,7 +70,7 @@ def test_a_snapshot_evaluation_matches_the_checkpoint_of_its_epoch(tiny_config, 
 
 def test_the_curve_probes_the_random_init_once_and_every_kept_epoch(tiny_config, tmp_path):
     run_dir = tmp_path / "run"
-    engine.start(tiny_config("train.keep_every=1", *FAST_EVAL), run_dir, console=QUIET).train()
+    lifecycle.start(tiny_config("train.keep_every=1", *FAST_EVAL), run_dir, console=QUIET).train()
     curve = evaluate_curve(run_dir, console=QUIET)
     assert list(curve) == [0, 1, 2]
     assert set(curve[0]) == {"linear", "knn"}
@@ -86,10 +87,27 @@ def test_the_curve_probes_the_random_init_once_and_every_kept_epoch(tiny_config,
 
 def test_a_missing_epoch_names_the_ones_kept(tiny_config, tmp_path):
     run_dir = tmp_path / "run"
-    engine.start(tiny_config("train.keep_every=1", *FAST_EVAL), run_dir, console=QUIET).train()
+    lifecycle.start(tiny_config("train.keep_every=1", *FAST_EVAL), run_dir, console=QUIET).train()
     with pytest.raises(CheckpointError, match="no checkpoint of epoch 5; valid: 1, 2"):
         evaluate_snapshot(run_dir, 5, console=QUIET)
 
+
+
+def test_a_snapshot_that_does_not_fit_the_config_is_refused_naming_the_snapshot(tiny_config,
+                                                                                 tmp_path):
+    run_dir = tmp_path / "run"
+    lifecycle.start(tiny_config("train.keep_every=1", *FAST_EVAL), run_dir, console=QUIET).train()
+    path = snapshot_path(run_dir, 1)
+    state = load_checkpoint(path)
+    key = next(iter(state["model"]))
+    state["model"][key] = torch.zeros(3)
+    save_checkpoint(state, path)
+    with pytest.raises(CheckpointError) as refused:
+        evaluate_snapshot(run_dir, 1, console=QUIET)
+    assert str(refused.value).startswith(f"checkpoint '{path}' does not fit the run's config: "
+                                         f"'{key}' has shape (3,); this config's network has (")
+    assert "\n" not in str(refused.value)
+    assert not (run_dir / "snapshots" / "epoch-0001.json").exists()
 
 def test_eval_checkpoint_on_the_command_line(natkit_cli, tiny_sets, tmp_path):
     run_dir = tmp_path / "run"

@@ -12,7 +12,8 @@ from natkit import builders
 from natkit.augment import random_crop
 from natkit.datasets.base import TensorImageDataset
 from natkit.evaluation import streamed
-from natkit.evaluation.probes import ProbeProgress, mlp_model
+from natkit.evaluation.probes import mlp_model
+from natkit.evaluation.reporting import ProbeProgress
 from natkit.evaluation.streamed import (
     AuthorsSGD,
     crop_side,
@@ -248,12 +249,12 @@ def test_bad_arguments_are_refused(setup):
 def test_natkit_eval_runs_the_transfer_probe_beside_the_others(tiny_config, tmp_path):
     import json
 
-    from natkit import engine
+    from natkit import lifecycle
     from natkit.evaluation.protocol import evaluate_run
 
-    run = engine.start(tiny_config("eval.probes=[linear,transfer]", "eval.transfer_epochs=2",
-                                   "eval.transfer_hidden=16", "eval.plots=false"),
-                       tmp_path / "run")
+    run = lifecycle.start(tiny_config("eval.probes=[linear,transfer]", "eval.transfer_epochs=2",
+                                      "eval.transfer_hidden=16", "eval.plots=false"),
+                          tmp_path / "run")
     run.train()
     out = evaluate_run(tmp_path / "run")
     assert set(out["results"]["transfer"]) == {"trained", "random_init"}

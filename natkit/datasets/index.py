@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,8 @@ from typing import Any
 from PIL import Image
 
 from natkit.datasets.images import header_problem
-from natkit.errors import DataError
+from natkit.errors import DataError, OutputError
+from natkit.files import write_text
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".ppm", ".pgm", ".bmp", ".tif", ".tiff",
                               ".webp"})
@@ -131,16 +131,9 @@ def _read(path: Path, root: Path) -> FolderIndex | None:
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
-    """Write the index atomically (temp file + rename): readers see the old one or the new one."""
+    """Write the index atomically: readers see the old one or the new one."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(data, f, separators=(",", ":"))
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError:
+        write_text(path, json.dumps(data, separators=(",", ":")))
+    except (OSError, OutputError):
         pass  # a read-only cache only costs the next construction another scan

@@ -6,7 +6,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from natkit.checkpoint import first_non_finite
+import torch
+
+from natkit.checkpoint import first_non_finite, state_mismatch
 from natkit.errors import CheckpointError
 
 
@@ -26,3 +28,15 @@ def require_finite(model_state: Mapping[str, Any], path: Path, what: str) -> Non
         f"checkpoint '{path}' holds {kind} values in '{name}' ({count} of {total}), the first "
         f"non-finite tensor; it cannot be {what}: the run diverged before this checkpoint was "
         "written; train it again from an earlier checkpoint or with a lower train.lr")
+
+
+def require_fit(network: torch.nn.Module, model_state: Mapping[str, Any],
+                path: Path | None) -> None:
+    """Refuse a model state whose keys or shapes do not fit ``network``, naming the first.
+
+    ``path`` is the checkpoint the state comes from (None: a state given directly).
+    """
+    why = state_mismatch(network, model_state)
+    if why is not None:
+        source = f"checkpoint '{path}'" if path is not None else "the model state"
+        raise CheckpointError(f"{source} does not fit the run's config: {why}")

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from natkit.evaluation.probes import QUIET, ProbeProgress
+from natkit.evaluation.reporting import QUIET, ProbeProgress
 from natkit.evaluation.store import FeatureStore, StoreWriter
 
 

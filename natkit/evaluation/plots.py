@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import io
 import math
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import matplotlib
 
@@ -13,8 +15,27 @@ import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
+from natkit import files
 
-def plot_loss(records: list[dict[str, Any]], path: Path) -> None:
+# Where a figure is drawn: a path, or a file open for writing. Figures are PNG whatever the
+# name (savefig's format is given): save_plot draws into a buffer, which has none.
+Target = Path | BinaryIO
+
+
+def save_plot(draw: Callable[[BinaryIO], object], path: Path) -> bool:
+    """Draw a figure in memory, then write it atomically over ``path``; False if none was drawn.
+
+    ``draw`` gets the file to draw into and returns False when it has nothing to
+    draw: ``path`` is then left as it is.
+    """
+    buffer = io.BytesIO()
+    if draw(buffer) is False:
+        return False
+    files.write_bytes(path, buffer.getvalue())
+    return True
+
+
+def plot_loss(records: list[dict[str, Any]], path: Target) -> None:
     """Training loss per step, and the fraction of reassigned targets per epoch."""
     steps = [r for r in records if r.get("kind") == "step"]
     epochs = [r for r in records if r.get("kind") == "epoch"]
@@ -38,7 +59,7 @@ def plot_loss(records: list[dict[str, Any]], path: Path) -> None:
     ax.legend(loc="upper right", fontsize=8)
     ax.set_title("training")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
 
 
@@ -47,7 +68,7 @@ def first_conv(module: nn.Module) -> nn.Conv2d | None:
     return next((m for m in module.modules() if isinstance(m, nn.Conv2d)), None)
 
 
-def plot_filters(model: nn.Module, path: Path, limit: int = 96) -> bool:
+def plot_filters(model: nn.Module, path: Target, limit: int = 96) -> bool:
     """Draw conv1's filters, composed with the preprocessor when it is linear (e.g. Sobel)."""
     conv = first_conv(model.backbone)
     if conv is None:
@@ -70,13 +91,13 @@ def plot_filters(model: nn.Module, path: Path, limit: int = 96) -> bool:
         ax.imshow(img.squeeze(-1) if img.shape[-1] == 1 else img, cmap="gray",
                   interpolation="nearest")
     fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
     return True
 
 
 def plot_neighbours(train_set: Any, test_set: Any, picks: torch.Tensor, nearest: torch.Tensor,
-                    path: Path) -> None:
+                    path: Target) -> None:
     """Test images ``picks`` and, per row of ``nearest``, their nearest training images."""
     k = nearest.shape[1]
     fig, axes = plt.subplots(len(picks), k + 1, figsize=((k + 1) * 1.1, len(picks) * 1.1),
@@ -94,11 +115,11 @@ def plot_neighbours(train_set: Any, test_set: Any, picks: torch.Tensor, nearest:
                 ax.set_title("query" if col == 0 else f"#{col}", fontsize=8)
     fig.suptitle("nearest training images of test queries (frozen features)", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")
     plt.close(fig)
 
 
-def plot_curve(curve: dict[int, dict[str, float]], path: Path) -> None:
+def plot_curve(curve: dict[int, dict[str, float]], path: Target) -> None:
     """Test accuracy of each probe against training epochs; epoch 0 is the random init."""
     fig, ax = plt.subplots(figsize=(6, 4))
     probes = sorted({probe for accs in curve.values() for probe in accs})
@@ -111,5 +132,5 @@ def plot_curve(curve: dict[int, dict[str, float]], path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, format="png")
     plt.close(fig)

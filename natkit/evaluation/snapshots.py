@@ -9,13 +9,12 @@ network, and writes ``curve.json`` and ``curve.png`` into the run directory.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from natkit import files
 from natkit.builders import read_run_config
@@ -29,7 +28,8 @@ from natkit.checkpoint import (
 from natkit.errors import CheckpointError
 from natkit.evaluation.checks import require_finite
 from natkit.evaluation.plots import plot_curve
-from natkit.evaluation.protocol import evaluate, results_table
+from natkit.evaluation.protocol import evaluate
+from natkit.evaluation.tables import curve_table, results_table
 
 CURVE = "curve.json"
 CURVE_PLOT = "curve.png"
@@ -71,7 +71,7 @@ def _evaluate_epoch(run_dir: Path, epoch: int, *, baseline: bool,
     path = _checkpoint_of(run_dir, epoch)
     state = load_checkpoint(path)
     require_finite(state["model"], path, "evaluated")
-    out = evaluate(config, state["model"], console=progress)
+    out = evaluate(config, state["model"], console=progress, checkpoint=path)
     out["details"].update(epochs_trained=int(state["epoch"]), step=int(state.get("step", 0)),
                           checkpoint=str(path.relative_to(run_dir)))
     target = result_path(run_dir, epoch)
@@ -121,24 +121,10 @@ def evaluate_curve(run_dir: Path, *, console: Console | None = None,
             if "random_init" in accs:
                 curve.setdefault(0, {}).setdefault(probe, accs["random_init"])
     curve = dict(sorted(curve.items()))
-    files.write_json(run_dir / CURVE, {str(e): accs for e, accs in curve.items()})
-    tmp = run_dir / f".curve.tmp-{os.getpid()}.png"
-    try:
-        plot_curve(curve, tmp)
-        os.replace(tmp, run_dir / CURVE_PLOT)
-    finally:
-        tmp.unlink(missing_ok=True)
+    numbers = json.dumps({str(e): accs for e, accs in curve.items()}, indent=2) + "\n"
+    drawn = io.BytesIO()
+    plot_curve(curve, drawn)
+    # together: curve.png always draws the numbers of curve.json
+    files.write_files({run_dir / CURVE: numbers, run_dir / CURVE_PLOT: drawn.getvalue()})
     console.print(curve_table(curve))
     return curve
-
-
-def curve_table(curve: dict[int, dict[str, float]]) -> Table:
-    """A rich table of test accuracy per probe against epochs."""
-    probes = sorted({p for accs in curve.values() for p in accs})
-    table = Table(title="test accuracy against epochs (0: random init)")
-    table.add_column("epoch", justify="right")
-    for probe in probes:
-        table.add_column(probe, justify="right")
-    for epoch, accs in curve.items():
-        table.add_row(str(epoch), *(f"{100 * accs[p]:.1f}%" if p in accs else "-" for p in probes))
-    return table

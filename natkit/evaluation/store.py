@@ -15,19 +15,24 @@ whole file would then hold all of it.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, NoReturn, Protocol
 
 import numpy as np
 import torch
 
+from natkit import files
 from natkit.errors import OutputError
 
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 # a run of wanted rows is read in one go when the rows between them are fewer than this
 _MAX_GAP = 64
+STORE_PREFIX = ".eval-features-"  # the evaluation's feature files live in <run>/.eval-features-<pid>/
 
 
 class FeatureSource(Protocol):
@@ -110,17 +115,23 @@ def _runs(index: np.ndarray, span: int) -> Iterator[tuple[int, int]]:
 
 
 class StoreWriter:
-    """Append feature chunks to ``path`` (via a temporary name); :meth:`finish` renames it."""
+    """Append feature chunks to a temporary file beside ``path``; :meth:`finish` renames it in place.
+
+    The temporary file, its flush to disk, the rename and the wording of a refusal
+    are :func:`natkit.files.replacing`'s, held open from here to :meth:`finish`
+    or :meth:`abort`.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self.tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
         self.rows, self.dim, self.clipped = 0, 0, 0
         self.shift = self.scale = None
+        self._open = contextlib.ExitStack()
+        (self.tmp,) = self._open.enter_context(files.replacing(self.path))
         try:
-            self._file = open(self.tmp, "wb")  # noqa: SIM115 - closed in finish/abort
+            self._file = self._open.enter_context(open(self.tmp, "wb"))  # noqa: SIM115 - the stack closes it
         except OSError as exc:
-            raise _write_error(self.path, exc) from None
+            self._fail(exc)
 
     def append(self, x: torch.Tensor) -> None:
         """Write a float32 chunk ``[b, dim]``."""
@@ -137,26 +148,37 @@ class StoreWriter:
         try:
             self._file.write(encoded.to(torch.float16).numpy().tobytes())
         except OSError as exc:
-            self.abort()
-            raise _write_error(self.path, exc) from None
+            self._fail(exc)
         self.rows += len(x)
 
     def finish(self) -> FeatureStore:
         """Close the file, give it its final name and open it for reading."""
         try:
-            self._file.close()
-            os.replace(self.tmp, self.path)
-        except OSError as exc:
-            self.abort()
-            raise _write_error(self.path, exc) from None
+            self._open.close()
+        except OutputError as exc:
+            raise _write_error(exc) from None
         if self.shift is None:  # an empty split: nothing was appended
             self.shift, self.scale = torch.zeros(0), torch.ones(0)
         return FeatureStore(self.path, self.rows, self.dim, self.shift, self.scale, self.clipped)
 
     def abort(self) -> None:
-        """Close and delete the unfinished file."""
-        self._file.close()
-        self.tmp.unlink(missing_ok=True)
+        """Close and delete the unfinished file (nothing once finished or aborted)."""
+        # an exception is what tells replacing not to rename; this one is for it alone. A
+        # failure to close is not told: abort runs while another error is on its way out.
+        with contextlib.suppress(OutputError):
+            self._open.__exit__(_Aborted, _Aborted(), None)
+
+    def _fail(self, exc: OSError) -> NoReturn:
+        """End the write on the system's refusal ``exc``: the temporary file goes, the error is told."""
+        try:
+            self._open.__exit__(type(exc), exc, exc.__traceback__)
+        except OutputError as error:
+            raise _write_error(error) from None
+        raise exc  # not reached while replacing turns every OSError into an OutputError
+
+
+class _Aborted(Exception):
+    """Passed into an open write to end it without renaming anything."""
 
 
 def _encoding(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -170,9 +192,8 @@ def _encoding(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return shift, std.clamp_min(floor)
 
 
-def _write_error(path: Path, exc: OSError) -> OutputError:
-    return OutputError(f"eval: cannot write the feature store '{path}': "
-                       f"{exc.strerror or exc}; free space there or evaluate elsewhere")
+def _write_error(error: OutputError) -> OutputError:
+    return OutputError(f"eval: {error}; free space there or evaluate elsewhere")
 
 
 def moments(chunks: Iterator[torch.Tensor], dim: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,3 +216,41 @@ def moments(chunks: Iterator[torch.Tensor], dim: int) -> tuple[torch.Tensor, tor
     std = (m2 / (count - 1)).sqrt() if count > 1 else torch.full((dim,), float("nan"),
                                                                   dtype=torch.float64)
     return mean, std
+
+
+@contextlib.contextmanager
+def store_folder(run_dir: Path | None) -> Iterator[Path]:
+    """A fresh folder for the feature files, deleted on the way out (success, error or Ctrl-C).
+
+    It is ``run_dir/.eval-features-<pid>``, or a folder of the system's temporary
+    folder without a run directory.
+    """
+    try:
+        if run_dir is None:
+            folder = Path(tempfile.mkdtemp(prefix="natkit" + STORE_PREFIX))
+        else:
+            _remove_orphans(Path(run_dir))
+            folder = Path(run_dir) / f"{STORE_PREFIX}{os.getpid()}"
+            shutil.rmtree(folder, ignore_errors=True)  # left by a killed process of this pid
+            folder.mkdir()
+    except OSError as exc:
+        raise OutputError(f"eval: cannot create a folder for the feature files: "
+                          f"{files.describe_os_error(exc)}") from None
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _remove_orphans(run_dir: Path) -> None:
+    """Delete the feature folders of evaluations killed outright (their process is gone)."""
+    for folder in run_dir.glob(f"{STORE_PREFIX}*"):
+        pid = folder.name.removeprefix(STORE_PREFIX)
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            pass  # alive, owned by another user

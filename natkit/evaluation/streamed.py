@@ -64,7 +64,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from natkit.augment import center_crop, random_crop
 from natkit.datasets import stratified_split
-from natkit.evaluation.probes import QUIET, ProbeProgress, ProbeResult
+from natkit.evaluation.reporting import QUIET, ProbeProgress, ProbeResult
 from natkit.transfer import to_float
 
 AUTHORS_CROP_FRACTION = 224 / 256  # test.lua 50-51: cropsize 224 of imsize 256

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 from pathlib import Path
+
+from natkit import files
 
 FILENAME = "reassignment.csv"
 COLUMNS = ("epoch", "batches", "changed", "cost_before", "cost_after", "loss")
@@ -32,14 +33,5 @@ def write_rows(path: Path, rows: list[dict[str, object]]) -> None:
     writer = csv.DictWriter(buffer, fieldnames=COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    # natkit's resume deletes leftover '.<name>.tmp-*' files in a run directory, so a temp file
-    # orphaned by a kill is cleaned up with natkit's own
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", newline="") as f:
-            f.write(buffer.getvalue())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # natkit's writer: its temporary file, orphaned by a kill, is one natkit's resume deletes
+    files.write_text(path, buffer.getvalue())

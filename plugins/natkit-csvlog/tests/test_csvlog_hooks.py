@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from natkit_csvlog import plugin, table
+from natkit_csvlog import plugin
 from natkit_csvlog.table import COLUMNS, FILENAME, read_rows, write_rows
+
+import natkit.files
+from natkit.errors import OutputError
 
 
 class FakeRun:
@@ -113,10 +117,11 @@ def test_a_failed_rewrite_leaves_the_old_file_whole(tmp_path, monkeypatch):
     before = path.read_text()
 
     def fail(src: object, dst: object) -> None:
-        raise OSError("disk full")
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(table.os, "replace", fail)
-    with pytest.raises(OSError, match="disk full"):
+    monkeypatch.setattr(natkit.files.os, "replace", fail)
+    with pytest.raises(OutputError, match=f"cannot write '{path}': no space is left on the "
+                                          "device; the previous file is kept"):
         write_epochs(path, [0, 1, 2])
     assert path.read_text() == before
     assert [p.name for p in tmp_path.iterdir()] == [FILENAME]
