@@ -99,9 +99,12 @@ def replacing(*paths: Path) -> Iterator[list[Path]]:
     """Temporary paths beside ``paths`` to write; on a clean exit each replaces its path.
 
     Nothing is renamed until the block has finished and every temporary file is
-    flushed to disk, so a failure anywhere leaves all of ``paths`` as they were
-    and no temporary file behind. A refusal of the system raises OutputError
-    naming the file and saying whether its previous content is kept.
+    flushed to disk, so a failure while writing leaves all of ``paths`` as they
+    were and no temporary file behind. Each rename is atomic; the renames of
+    several files are not one, so a system that fails between two renames in one
+    directory (which a full disk does not cause) leaves the first file new. A
+    refusal of the system raises OutputError naming the file and saying whether
+    its previous content is kept.
     """
     targets = [Path(p) for p in paths]
     staged = [temporary_path(p, i) for i, p in enumerate(targets)]

@@ -29,8 +29,9 @@ from natkit.checkpoint import CHECKPOINT, CONFIG, METRICS, RESULTS, load_checkpo
 from natkit.distributed import SINGLE, Comm
 from natkit.engine import Run
 from natkit.errors import CheckpointError, ConfigError, Interrupted
+from natkit.evaluation.outputs import retire_outputs
 from natkit.evaluation.preflight import check_evaluable
-from natkit.evaluation.protocol import evaluate_run, retire_outputs
+from natkit.evaluation.protocol import evaluate_run
 from natkit.metrics import truncate_metrics
 from natkit.rundir import RunLock, check_new_run_dir
 from natkit.tally import EpochTally
