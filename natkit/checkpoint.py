@@ -154,6 +154,20 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def _non_finite_entry(value: Any, where: str = "") -> str | None:
+    """The dotted name of the first floating tensor holding NaN or inf in nested state, or None."""
+    if isinstance(value, torch.Tensor):
+        finite = not value.is_floating_point() or bool(torch.isfinite(value).all())
+        return None if finite else where
+    items = (value.items() if isinstance(value, Mapping)
+             else enumerate(value) if isinstance(value, (list, tuple)) else ())
+    for key, item in items:
+        found = _non_finite_entry(item, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None
+
+
 def state_mismatch(module: torch.nn.Module, state: Mapping[str, Any]) -> str | None:
     """What keeps ``state`` from loading into ``module``: a missing, unexpected or misshapen key.
 
@@ -232,6 +246,11 @@ def restore_run_state(run: Checkpointable, state: dict[str, Any], path: Path,
     if state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"checkpoint '{path}' has format {state.get('format')!r}; "
                               f"this natkit reads format {CHECKPOINT_FORMAT}")
+    bad = _non_finite_entry({key: state.get(key) for key in ("model", "method_modules", "optimizer")})
+    if bad is not None:
+        raise CheckpointError(f"checkpoint '{path}' holds NaN or infinite values ({bad}); a run "
+                              "cannot resume from it: resume from an earlier snapshot "
+                              "(train.keep_every) or start a new run")
     why = state_mismatch(run.model, state.get("model"))
     if why is None and run.method_modules is not None:
         why = state_mismatch(run.method_modules, state.get("method_modules"))

@@ -20,7 +20,15 @@ from rich.console import Console
 from rich.table import Table
 
 from natkit import config as cfg
-from natkit.errors import ConfigError, Interrupted, NatkitError, UnknownComponentError, did_you_mean
+from natkit.errors import (
+    ConfigError,
+    Interrupted,
+    NatkitError,
+    UnknownComponentError,
+    clip,
+    did_you_mean,
+    one_line,
+)
 from natkit.kinds import BY_NAME, BY_WORD, TABLE
 from natkit.version import __version__
 
@@ -49,8 +57,7 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except NatkitError as exc:
-            message = " ".join(str(exc).split())
-            typer.echo(f"{exc.prefix}{message}", err=True)
+            typer.echo(f"{exc.prefix}{one_line(str(exc))}", err=True)
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper  # type: ignore[return-value]
@@ -233,14 +240,16 @@ def _say(message: str) -> None:
 def _evaluate_kept(run_dir: Path, checkpoint: str) -> None:
     """Evaluate one kept epoch (``--checkpoint EPOCH``) or every one (``--checkpoint all``)."""
     from natkit.evaluation.snapshots import evaluate_curve, evaluate_snapshot
+    from natkit.lifecycle import holding
 
     choice = checkpoint.strip().lower()
-    if choice == "all":
-        evaluate_curve(run_dir, console=out, progress=err)
-    elif choice.isdigit():
-        evaluate_snapshot(run_dir, int(choice), console=out, progress=err)
-    else:
-        raise ConfigError(f"--checkpoint: expected an epoch number or 'all', got '{checkpoint}'")
+    if choice != "all" and not choice.isdigit():
+        raise ConfigError(f"--checkpoint: expected an epoch number or 'all', got '{clip(checkpoint)}'")
+    with holding(run_dir):  # curve.json and the snapshot's results are written there
+        if choice == "all":
+            evaluate_curve(run_dir, console=out, progress=err)
+        else:
+            evaluate_snapshot(run_dir, int(choice), console=out, progress=err)
 
 
 @app.command("eval")
@@ -275,7 +284,7 @@ def registry_kind(text: str) -> str:
     kind = BY_WORD.get(text.strip().lower())
     if kind is None:
         raise UnknownComponentError(
-            f"unknown kind '{text}'{did_you_mean(text.strip().lower(), BY_WORD)}; valid: "
+            f"unknown kind '{clip(text)}'{did_you_mean(text.strip().lower(), BY_WORD)}; valid: "
             f"{', '.join(k.plural for k in TABLE)} (or the singular: "
             f"{', '.join(k.aliases[0] if k.name == k.plural else k.name for k in TABLE)})")
     return kind.name

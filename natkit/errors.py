@@ -58,9 +58,35 @@ class PluginError(NatkitError):
     """A plugin broke a rule of the plugin API (e.g. registered a name twice)."""
 
 
+# Echoed user text is cut to this many characters, so that an error stays one short line.
+ECHO_LIMIT = 80
+# A message line is cut to this many characters, whatever it echoes.
+LINE_LIMIT = 1000
+
+
+def clip(text: object, limit: int = ECHO_LIMIT) -> str:
+    """User text for a one-line message: control characters escaped, cut to ``limit`` characters."""
+    text = str(text)
+    if len(text) > limit:
+        text = f"{text[:limit - 20]}... ({len(text):,} characters)"
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def one_line(message: str, limit: int = LINE_LIMIT) -> str:
+    """A message as one line of at most ``limit`` characters (its middle elided if longer)."""
+    line = " ".join(message.split())
+    if len(line) <= limit:
+        return line
+    half = (limit - 5) // 2
+    return f"{line[:half]} ... {line[-half:]}"
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
     """Return ' (did you mean 'x'?)' for the closest choice, or '' when none is close."""
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    choices = list(choices)
+    if len(name) > 2 * max((len(c) for c in choices), default=0) + 10:
+        return ""  # nothing is close to a name far longer than every choice (and difflib is slow)
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 

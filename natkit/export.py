@@ -23,10 +23,10 @@ from typing import Any
 import torch
 
 from natkit import config as cfg
-from natkit.builders import input_size, load_dataset, read_run_config
+from natkit.builders import initial_network, input_size, load_dataset, read_run_config
 from natkit.checkpoint import CHECKPOINT, load_checkpoint
-from natkit.errors import CheckpointError
-from natkit.evaluation.checks import require_finite
+from natkit.errors import CheckpointError, OutputError
+from natkit.evaluation.checks import require_finite, require_fit
 from natkit.files import write_files
 from natkit.outputs import check_output_file, output_errors
 from natkit.plugins import registry
@@ -48,6 +48,36 @@ def backbone_state(model_state: dict[str, torch.Tensor], backbone: str) -> dict[
 # ---------------------------------------------------------------- export
 
 
+def _earlier_export(info_path: Path) -> bool:
+    """Whether ``info_path`` is the description an earlier export wrote beside its weights."""
+    try:
+        info = json.loads(info_path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and {"backbone", "load_with", "source"} <= info.keys()
+
+
+def refuse_run_files(run_dir: Path, weights_path: Path, info_path: Path) -> None:
+    """Refuse (OutputError) an export that would replace a file of the run, whatever ``--force``.
+
+    Inside the run directory (symbolic links followed) an export may write new files,
+    or replace an earlier export's pair; never a checkpoint, the config, metrics,
+    results, snapshots or any other file the run wrote.
+    """
+    root = run_dir.resolve()
+    for path in (weights_path, info_path):
+        target = path.resolve()
+        if root not in target.parents or not (target.exists() or path.is_symlink()):
+            continue
+        if _earlier_export(info_path.resolve()):
+            continue
+        raise OutputError(f"--out: '{weights_path}' is inside the run directory '{run_dir}' and "
+                          f"would replace its file '{target.relative_to(root)}'; an export never "
+                          "writes over a run's own files, even with --force: choose another path",
+                          option="--out")
+
+
+
 def export(run_dir: Path, out: Path, *, force: bool = False) -> dict[str, Any]:
     """Write the backbone weights to ``out`` and a description to ``out`` + '.json'.
 
@@ -56,16 +86,20 @@ def export(run_dir: Path, out: Path, *, force: bool = False) -> dict[str, Any]:
     """
     run_dir, out = Path(run_dir), Path(out)
     weights_path, info_path = check_output_file(out, force)
+    refuse_run_files(run_dir, weights_path, info_path)
     config = read_run_config(run_dir)
     if not (run_dir / CHECKPOINT).exists():
         raise CheckpointError(f"'{run_dir}' holds no {CHECKPOINT} yet; train it first")
     state = load_checkpoint(run_dir / CHECKPOINT)
     require_finite(state["model"], run_dir / CHECKPOINT, "exported")
+    dataset = load_dataset(config, "test")
+    # the load recipe printed below is this config's: refuse weights it would not load
+    with torch.random.fork_rng(devices=[]):  # building it draws weights: leave the caller's RNG
+        require_fit(initial_network(config, dataset), state["model"], run_dir / CHECKPOINT)
     name = config.backbone["name"]
     weights = backbone_state(state["model"], name)
     if not weights:
         raise CheckpointError(f"checkpoint '{run_dir / CHECKPOINT}' holds no backbone weights")
-    dataset = load_dataset(config, "test")
     preprocess = registry("preprocess").create(config.preprocess["name"],
                                                in_channels=dataset.channels,
                                                **cfg.component_options(config.preprocess))
@@ -92,6 +126,7 @@ def export(run_dir: Path, out: Path, *, force: bool = False) -> dict[str, Any]:
     torch.save(weights, buffer)
     with output_errors("--out", out, info_path):
         check_output_file(out, force)  # again: it may have appeared meanwhile
+        refuse_run_files(run_dir, weights_path, info_path)
         out.parent.mkdir(parents=True, exist_ok=True)
         write_files({weights_path: buffer.getvalue(),
                      info_path: (json.dumps(info, indent=2) + "\n").encode()})

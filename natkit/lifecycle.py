@@ -13,9 +13,11 @@ and fires ``on_run_start`` / ``on_run_end`` the same way:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -206,10 +208,15 @@ def execute(run: Run, *, evaluate: bool = True, console: Console | None = None,
 
 def evaluation(run_dir: Path, *, console: Console | None = None,
                progress: Console | None = None) -> dict[str, Any]:
-    """Evaluate a run directory's checkpoint; Ctrl-C raises Interrupted saying what is kept."""
+    """Evaluate a run directory's checkpoint; Ctrl-C raises Interrupted saying what is kept.
+
+    The run's lock is held meanwhile: a run that is still training is refused (its
+    checkpoint would change under the evaluation), and it cannot start meanwhile.
+    """
     before = _identity(run_dir / RESULTS)
     try:
-        return evaluate_run(run_dir, console=console, progress=progress)
+        with holding(run_dir):
+            return evaluate_run(run_dir, console=console, progress=progress)
     except KeyboardInterrupt:
         after = _identity(run_dir / RESULTS)
         if after is None:
@@ -220,6 +227,18 @@ def evaluation(run_dir: Path, *, console: Console | None = None,
             kept = f"{RESULTS} was written just before"
         raise Interrupted(f"interrupted: evaluation stopped; {run_dir / CHECKPOINT} is intact "
                           f"and {kept}; evaluate again with: natkit eval {run_dir}") from None
+
+
+@contextlib.contextmanager
+def holding(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir``'s lock inside the block (ConfigError if a process trains there)."""
+    read_run_config(run_dir)  # a missing or foreign directory: say so before locking it
+    lock = RunLock(run_dir)
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def _announce(run: Run, retired: list[tuple[str, Path]], *, evaluating: bool) -> None:

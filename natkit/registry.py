@@ -18,6 +18,7 @@ from natkit.errors import (
     ConfigError,
     PluginError,
     UnknownComponentError,
+    clip,
     did_you_mean,
     format_choices,
 )
@@ -94,18 +95,20 @@ class Registry:
     def lookup(self, name: str) -> tuple[Entry, str | None]:
         """Return the entry for ``name`` and, for a prefix entry, the suffix."""
         if not isinstance(name, str):
-            raise UnknownComponentError(f"{self.kind}: expected a name, got {name!r}")
+            raise UnknownComponentError(f"{self.kind}: expected a name, got {clip(repr(name))}")
         if name in self._entries and not self._entries[name].prefix:
             return self._entries[name], None
         head, sep, tail = name.partition(":")
         if sep and head + ":" in self._entries:
             if not tail:
-                raise UnknownComponentError(f"{self.kind} '{name}': expected a name after '{head}:'")
+                raise UnknownComponentError(f"{self.kind} '{clip(name)}': expected a name after "
+                                            f"'{head}:'")
             return self._entries[head + ":"], tail
         valid = [e.display_name for e in self._entries.values()]
         plain = [e.name for e in self._entries.values() if not e.prefix]
         raise UnknownComponentError(
-            f"unknown {self.kind} '{name}'{did_you_mean(name, plain)}; valid: {format_choices(valid)}"
+            f"unknown {self.kind} '{clip(name)}'{did_you_mean(name, plain)}; valid: "
+            f"{format_choices(valid)}"
         )
 
     def parameters(self, name: str, *, include_context: bool = False) -> dict[str, inspect.Parameter]:

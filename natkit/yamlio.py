@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from natkit.errors import ConfigError
+from natkit.errors import ConfigError, clip
 
 # YAML documents: aliases may add at most this many nodes once expanded; nesting at most this deep.
 ALIAS_EXPANSION_LIMIT = 10_000
@@ -99,8 +99,8 @@ def _check_expansion(root: yaml.Node, source: str) -> None:
 
 
 def echo(text: Any) -> str:
-    """User text inside a one-line message: control characters (newlines) escaped."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    """User text inside a one-line message: control characters (newlines) escaped, long text cut."""
+    return clip(text)
 
 
 def parse_override(text: str) -> dict[str, Any]:

@@ -77,12 +77,14 @@ def decode_batch(encoded: Sequence[torch.Tensor], size: int, device: torch.devic
     decoded: dict[int, torch.Tensor] = {}
     if jpegs:
         try:
-            images = decode_jpeg([encoded[i] for i in jpegs], mode=ImageReadMode.RGB, device=device)
+            images = decode_jpeg([encoded[i] for i in jpegs], mode=ImageReadMode.RGB, device=device,
+                                 apply_exif_orientation=True)
             decoded = dict(zip(jpegs, images, strict=True))
         except RuntimeError:  # one bad file fails the whole call: retry them one by one
             for i in jpegs:
                 with contextlib.suppress(RuntimeError):  # left to the CPU below
-                    decoded[i] = decode_jpeg(encoded[i], mode=ImageReadMode.RGB, device=device)
+                    decoded[i] = decode_jpeg(encoded[i], mode=ImageReadMode.RGB, device=device,
+                                             apply_exif_orientation=True)
     for i, data in enumerate(encoded):
         if i in decoded:
             out[i] = square(decoded[i], size)

@@ -11,7 +11,7 @@ from typing import BinaryIO
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 # what a broken, truncated or hostile file raises; a header claiming more pixels than
 # PIL's limit is refused, not decoded (a decompression bomb)
@@ -73,12 +73,23 @@ def draft_for(image: Image.Image, size: int) -> None:
     image.draft("RGB", (math.ceil(w * scale), math.ceil(h * scale)))
 
 
+EXIF_ORIENTATION = 0x0112  # 1: as stored; 2-8: mirrored and/or rotated by the camera
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """``image`` as the camera held it: its EXIF orientation applied (no copy when there is none)."""
+    if image.getexif().get(EXIF_ORIENTATION, 1) in range(2, 9):
+        return ImageOps.exif_transpose(image)
+    return image
+
+
 def load_image(source: Path | BinaryIO, size: int, *, draft: bool = True) -> torch.Tensor:
     """Read an image, resize its shorter side to ``size`` and centre-crop: uint8 ``[3, size, size]``."""
     with bombs_refused(), Image.open(source) as image:
         if draft:
             draft_for(image, size)
         image.load()
+        image = upright(image)
         # most photographs are RGB already: resized as they are, without a full-size copy
         rgb = image if image.mode == "RGB" else Image.fromarray(to_rgb_array(image))
         w, h = rgb.size

@@ -1,0 +1,166 @@
+"""What the third outside attack found (issue 26): each case, and that it now holds.
+
+Every test here failed on the code the attack was run against.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from natkit import lifecycle
+from natkit.checkpoint import load_checkpoint, save_checkpoint
+from natkit.cli import app
+from natkit.errors import CheckpointError
+from natkit.rundir import RunLock
+from natkit.testing import tiny_args
+
+runner = CliRunner()
+
+
+def one_error(result, exit_code: int = 2) -> str:
+    """The single error line of a failed command (and no traceback)."""
+    assert result.exit_code == exit_code, result.output
+    assert "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def trained(tmp_path, *extra: str, name: str = "run"):
+    run_dir = tmp_path / name
+    result = runner.invoke(app, ["run", "--out", str(run_dir), "--no-eval",
+                                 *tiny_args("train.epochs=1", *extra)])
+    assert result.exit_code == 0, result.output
+    return run_dir
+
+
+# ---------------------------------------------------------------- data loss
+
+
+@pytest.mark.parametrize("owned", ["checkpoint.pt", "config.yaml", "metrics.jsonl",
+                                   "snapshots/epoch-0001.pt", "via-link"])
+def test_export_never_writes_over_a_file_the_run_owns(natkit_host, tmp_path, owned):
+    run_dir = trained(tmp_path, "train.keep_every=1")
+    (run_dir / "via-link").symlink_to(run_dir / "checkpoint.pt")
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    out = run_dir / owned
+    error = one_error(runner.invoke(app, ["export", str(run_dir), "--out", str(out), "--force"]))
+    assert error.startswith(f"error: --out: '{out}' is inside the run directory '{run_dir}' and "
+                            "would replace its file '")
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+    resumed = lifecycle.resume(run_dir)  # the run still resumes
+    resumed.lock.release()
+
+
+def test_export_may_write_a_new_file_in_the_run_directory_and_replace_it(natkit_host, tmp_path):
+    run_dir = trained(tmp_path)
+    out = run_dir / "backbone.pt"
+    for force in ([], ["--force"]):
+        result = runner.invoke(app, ["export", str(run_dir), "--out", str(out), *force])
+        assert result.exit_code == 0, result.output
+    assert torch.load(out, weights_only=True)
+
+
+# ---------------------------------------------------------------- silent wrong results
+
+
+@pytest.mark.parametrize("where", ["model", "optimizer"])
+def test_a_resume_refuses_a_checkpoint_with_non_finite_state(tiny_config, tmp_path, where):
+    run = lifecycle.start(tiny_config("train.epochs=1"), tmp_path / "run")
+    assert lifecycle.execute(run, evaluate=False).finished
+    path = tmp_path / "run" / "checkpoint.pt"
+    state = load_checkpoint(path)
+    if where == "model":
+        name = next(k for k, v in state["model"].items() if v.is_floating_point())
+        state["model"][name].view(-1)[0] = math.nan
+    else:
+        buffers = state["optimizer"]["state"]
+        buffers[next(iter(buffers))]["momentum_buffer"].view(-1)[0] = math.inf
+    save_checkpoint(state, path)
+    with pytest.raises(CheckpointError, match=rf"checkpoint '{path}' holds NaN or infinite "
+                                              rf"values \({where}"):
+        lifecycle.resume(tmp_path / "run", tiny_config("train.epochs=2"))
+    assert not RunLock(tmp_path / "run").held
+
+
+def test_export_refuses_a_checkpoint_that_does_not_fit_the_run_s_config(natkit_host, tmp_path):
+    run_dir = trained(tmp_path)
+    path = run_dir / "checkpoint.pt"
+    state = load_checkpoint(path)
+    name = next(k for k in state["model"] if k.startswith("backbone.") and k.endswith("weight"))
+    state["model"][name] = torch.zeros(3, 3)
+    save_checkpoint(state, path)
+    error = one_error(runner.invoke(app, ["export", str(run_dir), "--out",
+                                          str(tmp_path / "bb.pt")]))
+    assert error.startswith(f"error: checkpoint '{path}' does not fit the run's config: "
+                            f"'{name}' has shape (3, 3); this config's network has (")
+    assert not (tmp_path / "bb.pt").exists()
+
+
+def test_natkit_eval_refuses_a_run_that_is_still_training(natkit_host, tmp_path):
+    run_dir = trained(tmp_path)
+    lock = RunLock(run_dir)
+    lock.acquire()  # what a training process holds
+    try:
+        result = runner.invoke(app, ["eval", str(run_dir)])
+    finally:
+        lock.release()
+    error = one_error(result)
+    assert error.startswith(f"error: run directory '{run_dir}' is in use by natkit process")
+    assert not (run_dir / "results.json").exists()
+
+
+def _rotated_jpeg(orientation: int) -> bytes:
+    """A 16x8 JPEG, left half black and right half white, with an EXIF orientation tag."""
+    image = Image.new("RGB", (16, 8), "white")
+    image.paste((0, 0, 0), (0, 0, 8, 8))
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif, quality=95)
+    return buffer.getvalue()
+
+
+def test_jpeg_exif_orientation_is_applied_when_images_are_decoded(tmp_path):
+    from natkit.datasets.images import load_image
+
+    path = tmp_path / "rotated.jpg"
+    path.write_bytes(_rotated_jpeg(6))  # 6: the camera was turned, show it rotated 90 degrees
+    pixels = load_image(path, 16)
+    assert pixels is not None
+    # rotated upright, the black half is on top: the top rows are dark, the bottom bright
+    top, bottom = pixels[:, :4].float().mean(), pixels[:, -4:].float().mean()
+    assert top < 60 and bottom > 190, (top, bottom)
+
+
+def test_the_gpu_decode_path_applies_exif_orientation_too():
+    from natkit.datasets.gpu_decode import decode_batch
+
+    data = torch.frombuffer(bytearray(_rotated_jpeg(6)), dtype=torch.uint8)
+    pixels = decode_batch([data], 16, torch.device("cpu"))[0].float()
+    assert pixels[:, :4].mean() < 60 and pixels[:, -4:].mean() > 190
+
+
+# ---------------------------------------------------------------- messages
+
+
+def test_an_error_line_never_echoes_a_huge_value_whole(natkit_host):
+    huge = "x" * 1_000_000
+    error = one_error(runner.invoke(app, ["run", "--set", f"solver.name={huge}"]))
+    assert error.startswith("error: ") and len(error) < 1200
+    assert "..." in error
+
+
+def test_results_json_written_by_an_evaluation_names_the_epoch_it_describes(natkit_host,
+                                                                            tmp_path):
+    run_dir = trained(tmp_path)
+    assert runner.invoke(app, ["eval", str(run_dir)]).exit_code == 0
+    details = json.loads((run_dir / "eval.json").read_text())
+    assert details["epochs_trained"] == 1
