@@ -8,6 +8,9 @@ import os
 import platform
 import shlex
 import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated
 
@@ -15,46 +18,77 @@ import torch
 import typer
 from rich.console import Console
 
-from benchmarks import report
-from benchmarks.harness import choose, run_table
+from benchmarks import records, report, results_page
+from benchmarks.choices import choose
+from benchmarks.harness import run_table
+from benchmarks.records import Measurement, code_fingerprint
+from benchmarks.speed.report import plot_solver_speed, speed_markdown
+from benchmarks.speed.suite import run_speed
 from benchmarks.tables import SCALES, SUPERVISED, TABLES, VALIDATION
+from benchmarks.timing import machine, stopwatch, timed
 from natkit import config as cfg
 from natkit.errors import NatkitError
 
 DEFAULT_OUT = Path("benchmarks/results")
+COMMITTED = Path("benchmarks/RESULTS.md")  # the tiny scale's results, as committed
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None)
 console = Console(stderr=True)
 
 
-def _machine() -> str:
-    from benchmarks.speed import machine
+@dataclass(frozen=True)
+class Invocation:
+    """What one command line asks for, its defaults filled in."""
 
-    info = machine()
-    return ", ".join(f"{k} {v}" for k, v in info.items() if v not in (None, ""))
+    names: tuple[str, ...]
+    scale: str
+    seeds: int
+    extra: tuple[str, ...]  # --set overrides for every run
+    out: Path
+    runs: Path
+    results: Path | None  # --results, as given
+    quick_speed: bool
+
+    @property
+    def everything(self) -> bool:
+        """Whether 'all' was asked for: every table, the speed suite, a fresh RESULTS.md."""
+        return "all" in self.names
+
+    @property
+    def tables(self) -> list[str]:
+        """The tables to run, in the order of TABLES for 'all', else as named."""
+        return list(TABLES) if self.everything else [n for n in self.names if n in TABLES]
+
+    @property
+    def target(self) -> Path:
+        """Where this scale's tables, CSVs and speed files go."""
+        return self.out / self.scale
+
+    @property
+    def suite_results(self) -> Path:
+        """The RESULTS.md that 'all' writes and the speed suite's section belongs to."""
+        return self.results or (COMMITTED if self.scale == "tiny" else self.target / "RESULTS.md")
+
+    @property
+    def refreshed_results(self) -> Path | None:
+        """The RESULTS.md that running some tables refreshes: only one that shows these results
+        (the committed one for the committed folder, or the file --results names)."""
+        committed = self.out == DEFAULT_OUT and self.scale == "tiny"
+        return self.results or (COMMITTED if committed else None)
 
 
-def _steps_per_run(recipe: tuple[str, ...], extra: tuple[str, ...]) -> str:
-    """How many SGD steps a run of this recipe makes, when the dataset's size is known."""
-    config = cfg.build(overrides=[*recipe, *extra])
-    n = config.data.get("num_train")
-    if not isinstance(n, int):
-        return ""
-    steps = config.train.epochs * (n // config.train.batch_size)
-    return (f" (so a run makes {steps} SGD steps: {config.train.epochs} epochs of "
-            f"{n // config.train.batch_size} batches of {config.train.batch_size})")
+@dataclass
+class Ledger:
+    """What the invocation's runs cost and which code trained them (a run shared by several
+    tables counted once)."""
 
+    seconds: dict[str, float] = field(default_factory=dict)  # run folder (or "speed") -> seconds
+    code: dict[str, str] = field(default_factory=dict)  # run folder -> code fingerprint
+    measured_any: bool = False
 
-def _scale_about(scale: str, extra: tuple[str, ...]) -> str:
-    """The scale's recipes in words: the NAT runs', the supervised rows', the validation data."""
-    nat, supervised = SCALES[scale], SUPERVISED[scale]
-    own = [o for o in supervised if o not in nat]
-    text = "; ".join(nat) + _steps_per_run(nat, extra)
-    text += (f". Supervised rows change it to {'; '.join(own)}"
-             f"{_steps_per_run(supervised, extra)}")
-    if scale in VALIDATION:
-        text += (f", and a step size chosen per setting on validation data "
-                 f"({'; '.join(VALIDATION[scale])})")
-    return text
+    def add(self, runs: list[Measurement]) -> None:
+        """Count ``runs`` (read back or trained now) once each."""
+        self.seconds.update((m.run_dir, m.seconds) for m in runs)
+        self.code.update((m.run_dir, m.code) for m in runs)
 
 
 @app.command()
@@ -83,6 +117,23 @@ def main(
     = False,
 ) -> None:
     """Reproduce the paper's ablation tables at small scale, and time the code."""
+    _check(names, scale)
+    run = Invocation(tuple(names), scale, seeds or (4 if scale == "tiny" else 1),
+                     tuple(overrides or ()), out, runs, results, quick_speed)
+    if "report" in names:
+        _report(run.target, run.refreshed_results or run.target / "RESULTS.md")
+        return
+    elapsed = stopwatch()
+    run.target.mkdir(parents=True, exist_ok=True)
+    ledger = _run_tables(run)
+    figures = []  # (section, title, figure) of the speed suite, for 'all'
+    if run.everything or "speed" in names:
+        figures.append(_run_speed(run, ledger))
+    _write_results(run, ledger, figures, elapsed)
+
+
+def _check(names: list[str], scale: str) -> None:
+    """Exit 2 on an unknown table or scale, or 'report' with anything else."""
     valid = [*TABLES, "speed", "all", "report"]
     unknown = [n for n in names if n not in valid]
     if unknown:
@@ -92,114 +143,134 @@ def main(
         typer.echo(f"error: --scale: unknown scale '{scale}'; valid: {', '.join(SCALES)}",
                    err=True)
         raise typer.Exit(2)
-    if "report" in names:
-        if len(names) > 1:
-            typer.echo("error: 'report' runs alone (it trains nothing)", err=True)
-            raise typer.Exit(2)
-        _report(out / scale, results or (Path("benchmarks/RESULTS.md") if out == DEFAULT_OUT
-                                         and scale == "tiny" else out / scale / "RESULTS.md"))
-        return
-    keys = list(TABLES) if "all" in names else [n for n in names if n in TABLES]
-    with_speed = "all" in names or "speed" in names
-    seeds = seeds or (4 if scale == "tiny" else 1)
-    extra = tuple(overrides or ())
-    target = out / scale
-    target.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    sections: list[tuple[str, str, Path]] = []  # the speed section, for 'all'
-    measured_any = False
-    run_seconds: dict[str, float] = {}  # a run shared by several tables is counted once
-    run_code: dict[str, str] = {}  # the fingerprint of the code that trained each run
+    if "report" in names and len(names) > 1:
+        typer.echo("error: 'report' runs alone (it trains nothing)", err=True)
+        raise typer.Exit(2)
+
+
+def _run_tables(run: Invocation) -> Ledger:
+    """Every table asked for, skipping those whose components are not installed."""
+    ledger = Ledger()
     try:
-        for key in keys:
-            table = TABLES[key]
-            missing = table.missing()
-            if missing:
-                typer.echo(f"[{key}] skipped: needs {', '.join(missing)}", err=True)
-                continue
-            t0 = time.perf_counter()
-            n = seeds if table.max_seeds is None else min(seeds, table.max_seeds)
-            chosen = {s.label: c for s in table.settings
-                      if (c := choose(table, s, scale, extra, runs / scale, console)) is not None}
-            measured = run_table(table, scale, n, extra, runs / scale, console, chosen)
-            validation = [m for c in chosen.values() for m in c.runs]
-            run_seconds.update((m.run_dir, m.seconds) for m in [*measured, *validation])
-            run_code.update((m.run_dir, m.code) for m in [*measured, *validation])
-            report.write_csv(measured, target / f"{key}.csv")
-            report.write_choices(list(chosen.values()), VALIDATION.get(scale, ()),
-                                 target / f"{key}.choices.csv")
-            measured_any = True
-            console.print(f"[{key}] done in {(time.perf_counter() - t0) / 60:.1f} min "
-                          f"-> {target / (key + '.md')}", highlight=False, markup=False)
+        for key in run.tables:
+            _run_table(key, run, ledger)
     except NatkitError as exc:
         typer.echo(f"error: {' '.join(str(exc).split())}", err=True)
         raise typer.Exit(exc.exit_code) from None
-    if with_speed:
-        from benchmarks.speed import plot_solver_speed, run_speed, speed_markdown
+    return ledger
 
-        t0 = time.perf_counter()
-        speed = run_speed(quick=quick_speed)
-        run_seconds["speed"] = time.perf_counter() - t0
-        (target / "speed.json").write_text(json.dumps(speed, indent=1, default=str))
-        plot_solver_speed(speed, target / "speed.png")
-        section = speed_markdown(speed)
-        (target / "speed.md").write_text(section)
-        results_path = results or (Path("benchmarks/RESULTS.md") if scale == "tiny"
-                                   else target / "RESULTS.md")
-        section += "\n" + report.gpu_links(out, results_path.parent)
-        sections.append((section, "solver speed", target / "speed.png"))
-        console.print(f"[speed] done in {(time.perf_counter() - t0) / 60:.1f} min", highlight=False,
-                      markup=False)
-        if ("all" not in names and results_path.is_file()
-                and (results is not None or out == DEFAULT_OUT)):  # the other sections stay as measured
-            png = os.path.relpath(target / "speed.png", results_path.parent)
-            figure = f"{section}\n![solver speed]({png})\n"
-            results_path.write_text(report.replace_speed_section(results_path.read_text(), figure))
-            console.print(f"updated the speed section of {results_path}", highlight=False)
-    # the committed RESULTS.md shows the committed results: refreshed only by runs that write
-    # there (or into the file --results names)
-    results_file = results or (Path("benchmarks/RESULTS.md") if out == DEFAULT_OUT
-                               and scale == "tiny" else None)
-    if "all" in names:
-        results_file = results or (Path("benchmarks/RESULTS.md") if scale == "tiny"
-                                   else target / "RESULTS.md")
-    if measured_any or "all" in names:
-        # verdicts are adjusted across the whole suite, so every table in the folder is redone
-        anchor = results_file.parent if results_file is not None else target
-        tables, verdicts = report.rebuild(target, anchor)
-    if ("all" not in names and measured_any and results_file is not None
-            and results_file.is_file()):  # the header and speed stay as measured
-        results_file.write_text(report.refresh_results(results_file.read_text(), tables,
-                                                       verdicts))
-        console.print(f"updated {len(tables)} table(s) and the verdicts in {results_file}",
-                      highlight=False)
-    if "all" in names:
-        path = results_file
-        command = " ".join(["python -m benchmarks", *names, "--scale", scale, "--seeds",
-                            str(seeds), *(f"--set {shlex.quote(o)}" for o in extra)])
-        header = {
-            "command": command, "machine": _machine(),
-            "software": f"natkit, torch {torch.__version__}, python {platform.python_version()}",
-            "date": time.strftime("%Y-%m-%d %H:%M %Z"),
-            "minutes": (time.perf_counter() - started) / 60, "scale": scale,
-            "compute_minutes": sum(run_seconds.values()) / 60,
-            "code": _code_summary(run_code),
-            "scale_about": _scale_about(scale, extra),
-        }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        figures = [section for _, section in tables]
-        figures += [f"{text}\n![{title}]({os.path.relpath(png, path.parent)})\n"
-                    for text, title, png in sections]
-        path.write_text(report.results_markdown(figures, header, verdicts))
-        console.print(f"wrote {path}", highlight=False)
+
+def _run_table(key: str, run: Invocation, ledger: Ledger) -> None:
+    """One table: its choices on validation data, its runs, and its CSVs."""
+    table = TABLES[key]
+    missing = table.missing()
+    if missing:
+        typer.echo(f"[{key}] skipped: needs {', '.join(missing)}", err=True)
+        return
+    elapsed = stopwatch()
+    seeds = run.seeds if table.max_seeds is None else min(run.seeds, table.max_seeds)
+    folder = run.runs / run.scale
+    chosen = {s.label: c for s in table.settings
+              if (c := choose(table, s, run.scale, run.extra, folder, console)) is not None}
+    measured = run_table(table, run.scale, seeds, run.extra, folder, console, chosen)
+    ledger.add([*measured, *(m for c in chosen.values() for m in c.runs)])
+    records.write_csv(measured, run.target / f"{key}.csv")
+    records.write_choices(list(chosen.values()), VALIDATION.get(run.scale, ()),
+                          run.target / f"{key}.choices.csv")
+    ledger.measured_any = True
+    console.print(f"[{key}] done in {elapsed() / 60:.1f} min -> {run.target / (key + '.md')}",
+                  highlight=False, markup=False)
+
+
+def _run_speed(run: Invocation, ledger: Ledger) -> tuple[str, str, Path]:
+    """The speed suite and its files; a run of it alone updates the speed section of a
+    RESULTS.md that shows these results. Returns the section, its title and its figure."""
+    ledger.seconds["speed"], speed = timed(lambda: run_speed(quick=run.quick_speed))
+    (run.target / "speed.json").write_text(json.dumps(speed.to_dict(), indent=1, default=str))
+    png = run.target / "speed.png"
+    plot_solver_speed(speed, png)
+    section = speed_markdown(speed)
+    (run.target / "speed.md").write_text(section)
+    path = run.suite_results
+    section += "\n" + results_page.gpu_links(run.out, path.parent)
+    console.print(f"[speed] done in {ledger.seconds['speed'] / 60:.1f} min", highlight=False,
+                  markup=False)
+    # the other sections stay as measured
+    if (not run.everything and path.is_file()
+            and (run.results is not None or run.out == DEFAULT_OUT)):
+        figure = f"{section}\n![solver speed]({os.path.relpath(png, path.parent)})\n"
+        path.write_text(results_page.replace_speed_section(path.read_text(), figure))
+        console.print(f"updated the speed section of {path}", highlight=False)
+    return section, "solver speed", png
+
+
+def _write_results(run: Invocation, ledger: Ledger, figures: list[tuple[str, str, Path]],
+                   elapsed: Callable[[], float]) -> None:
+    """Rebuild every table of the folder, then write RESULTS.md ('all') or refresh its tables
+    and verdicts (the header and speed stay as measured)."""
+    path = run.suite_results if run.everything else run.refreshed_results
+    if not (ledger.measured_any or run.everything):
+        return
+    # verdicts are adjusted across the whole suite, so every table in the folder is redone
+    tables, verdicts = report.rebuild(run.target, path.parent if path is not None else run.target)
+    if not run.everything:
+        if path is not None and path.is_file():
+            path.write_text(results_page.refresh_results(path.read_text(), tables, verdicts))
+            console.print(f"updated {len(tables)} table(s) and the verdicts in {path}",
+                          highlight=False)
+        return
+    sections = [section for _, section in tables]
+    sections += [f"{text}\n![{title}]({os.path.relpath(png, path.parent)})\n"
+                 for text, title, png in figures]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(results_page.results_markdown(sections, _header(run, ledger, elapsed()),
+                                                  verdicts))
+    console.print(f"wrote {path}", highlight=False)
+
+
+def _header(run: Invocation, ledger: Ledger, seconds: float) -> dict[str, str | float]:
+    """RESULTS.md's header: the command, the machine and software, what it cost, which code."""
+    command = " ".join(["python -m benchmarks", *run.names, "--scale", run.scale, "--seeds",
+                        str(run.seeds), *(f"--set {shlex.quote(o)}" for o in run.extra)])
+    return {
+        "command": command,
+        "machine": ", ".join(f"{k} {v}" for k, v in asdict(machine()).items()
+                             if v not in (None, "")),
+        "software": f"natkit, torch {torch.__version__}, python {platform.python_version()}",
+        "date": time.strftime("%Y-%m-%d %H:%M %Z"),
+        "minutes": seconds / 60, "scale": run.scale,
+        "compute_minutes": sum(ledger.seconds.values()) / 60,
+        "code": _code_summary(ledger.code),
+        "scale_about": _scale_about(run.scale, run.extra),
+    }
+
+
+def _steps_per_run(recipe: tuple[str, ...], extra: tuple[str, ...]) -> str:
+    """How many SGD steps a run of this recipe makes, when the dataset's size is known."""
+    config = cfg.build(overrides=[*recipe, *extra])
+    n = config.data.get("num_train")
+    if not isinstance(n, int):
+        return ""
+    steps = config.train.epochs * (n // config.train.batch_size)
+    return (f" (so a run makes {steps} SGD steps: {config.train.epochs} epochs of "
+            f"{n // config.train.batch_size} batches of {config.train.batch_size})")
+
+
+def _scale_about(scale: str, extra: tuple[str, ...]) -> str:
+    """The scale's recipes in words: the NAT runs', the supervised rows', the validation data."""
+    nat, supervised = SCALES[scale], SUPERVISED[scale]
+    own = [o for o in supervised if o not in nat]
+    text = "; ".join(nat) + _steps_per_run(nat, extra)
+    text += (f". Supervised rows change it to {'; '.join(own)}"
+             f"{_steps_per_run(supervised, extra)}")
+    if scale in VALIDATION:
+        text += (f", and a step size chosen per setting on validation data "
+                 f"({'; '.join(VALIDATION[scale])})")
+    return text
 
 
 def _code_summary(run_code: dict[str, str]) -> str:
-    """Which code trained the runs, by fingerprint (benchmarks.harness.code_fingerprint)."""
-    from collections import Counter
-
-    from benchmarks.harness import code_fingerprint
-
+    """Which code trained the runs, by fingerprint (benchmarks.records.code_fingerprint)."""
     counts = Counter(code or "not recorded" for code in run_code.values())
     current = code_fingerprint()
     if set(counts) <= {current}:
@@ -216,9 +287,9 @@ def _report(folder: Path, results_file: Path) -> None:
         raise typer.Exit(1)
     tables, verdicts = report.rebuild(folder, results_file.parent)
     if results_file.is_file():
-        text = report.refresh_results(results_file.read_text(), tables, verdicts)
+        text = results_page.refresh_results(results_file.read_text(), tables, verdicts)
     else:
-        text = report.fresh_results(folder, results_file.parent, tables, verdicts)
+        text = results_page.fresh_results(folder, results_file.parent, tables, verdicts)
     results_file.parent.mkdir(parents=True, exist_ok=True)
     results_file.write_text(text)
     console.print(f"rebuilt {len(tables)} table(s) in {folder} and {results_file} from the CSVs",

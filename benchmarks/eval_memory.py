@@ -26,6 +26,8 @@ from typing import Annotated, Any
 
 import typer
 
+from benchmarks.timing import timed
+
 SIZES = (5_000, 20_000, 80_000)
 GOAL = 0.10  # peak RSS may grow at most this much from 20k to 80k images
 # a small AlexNet at 32 px, the two fast probes and a short MLP: minutes on 2 CPU cores
@@ -98,12 +100,11 @@ def _child(n: int, chunk_mb: float, extra: list[str]) -> dict[str, Any]:
     train = load_dataset(config, "train")
     state = initial_network(config, train, build_method(config, train,
                                                         torch.device("cpu"))).state_dict()
-    started = time.perf_counter()
-    out = evaluate(config, state, console=Console(stderr=True, quiet=True))
+    seconds, out = timed(lambda: evaluate(config, state, console=Console(stderr=True, quiet=True)))
     details = out["details"]
     return {"n": n, "test_images": details["test_images"], "feature_dim": details["feature_dim"],
             "store_bytes": details["feature_store"]["bytes"],
-            "seconds": round(time.perf_counter() - started, 1), "results": out["results"],
+            "seconds": round(seconds, 1), "results": out["results"],
             "threads": torch.get_num_threads(),
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
 

@@ -25,7 +25,6 @@ import json
 import math
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +35,7 @@ import torch.nn.functional as F
 
 from benchmarks.stats import paired
 from benchmarks.tables import SCALES
+from benchmarks.timing import stopwatch
 from natkit import config as cfg
 from natkit.builders import build_method, initial_network, load_dataset, read_run_config
 from natkit.checkpoint import CHECKPOINT, load_checkpoint
@@ -227,7 +227,7 @@ def measure(runs: dict[int, Path], log: Callable[[str], None]) -> dict[str, Any]
     linear: dict[str, list[float]] = {"trained": [], "random_init": []}
     seeds = sorted(runs)
     for seed in seeds:
-        started = time.perf_counter()
+        elapsed = stopwatch()
         config, feats, train_y, test_y = features_of(runs[seed])
         for variant in VARIANTS:
             for which, chosen in (("trained", "chosen_trained"), ("random_init", "chosen_random")):
@@ -238,7 +238,7 @@ def measure(runs: dict[int, Path], log: Callable[[str], None]) -> dict[str, Any]
         results = json.loads((runs[seed] / "results.json").read_text())
         for which in linear:
             linear[which].append(results["linear"][which])
-        log(f"seed {seed} ({runs[seed]}): {time.perf_counter() - started:.0f} s")
+        log(f"seed {seed} ({runs[seed]}): {elapsed():.0f} s")
     return {"seeds": seeds, "runs": {s: str(runs[s]) for s in seeds}, "variants": rows,
             "linear": linear}
 

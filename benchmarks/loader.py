@@ -24,10 +24,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import statistics
 import tempfile
-import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,8 +35,50 @@ import torch
 import typer
 from PIL import Image, ImageDraw
 
+from benchmarks.timing import Machine, machine, median, stopwatch, synchronizer, timed
+
 FOLDERS = {"imagenet": (500, 375), "large": (3000, 2000)}  # width, height of the photographs
 WARMUP_BATCHES = 2
+
+
+@dataclass(frozen=True)
+class LoaderTiming:
+    """One loader on one folder with some workers: images per second of each pass."""
+
+    folder: str
+    loader: str
+    workers: int
+    images_per_s: tuple[float, ...]
+    median_images_per_s: float
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoaderTiming:
+        """The row as loader.json stored it."""
+        return cls(**{**data, "images_per_s": tuple(data["images_per_s"])})
+
+
+@dataclass(frozen=True)
+class LoaderResult:
+    """Every row of the loader benchmark, the settings, and the file index's timings
+    (``index``: folder -> build_s, cached_s and, on CUDA, the GPU decode's difference)."""
+
+    machine: Machine
+    device: str
+    counts: dict[str, int]  # folder -> images
+    sizes: dict[str, list[int]]  # folder -> width, height
+    batch_size: int
+    passes: int
+    image_size: int
+    index: dict[str, dict[str, float]]
+    rows: tuple[LoaderTiming, ...]
+    seconds: float
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoaderResult:
+        """The result as loader.json stored it (its notes aside)."""
+        data = {k: v for k, v in data.items() if k != "notes"}
+        return cls(**{**data, "machine": Machine.from_dict(data["machine"]),
+                      "rows": tuple(LoaderTiming.from_dict(r) for r in data["rows"])})
 
 
 def photograph(rng: np.random.Generator, width: int, height: int) -> Image.Image:
@@ -70,25 +111,21 @@ def write_jpeg_folder(root: Path, count: int, size: tuple[int, int], *, classes:
     return root
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed_passes(run_pass: Callable[[int], Iterable[torch.Tensor]], passes: int,
                   device: torch.device) -> list[float]:
     """Images per second of each pass, after ``WARMUP_BATCHES`` untimed batches (workers started)."""
     for b, _ in enumerate(run_pass(0)):
         if b + 1 >= WARMUP_BATCHES:
             break
+    sync = synchronizer(device)
     speeds = []
     for p in range(1, passes + 1):
-        _sync(device)
-        started, count = time.perf_counter(), 0
+        sync()
+        elapsed, count = stopwatch(), 0
         for images in run_pass(p):
             count += images.shape[0]
-        _sync(device)
-        speeds.append(count / (time.perf_counter() - started))
+        sync()
+        speeds.append(count / elapsed())
     return speeds
 
 
@@ -139,11 +176,10 @@ def index_seconds(root: Path) -> dict[str, float]:
     from natkit.datasets.index import folder_index, index_path
 
     index_path((root / "train").resolve()).unlink(missing_ok=True)
-    t0 = time.perf_counter()
-    folder_index(root / "train")
-    t1 = time.perf_counter()
-    assert folder_index(root / "train").cached
-    return {"build_s": t1 - t0, "cached_s": time.perf_counter() - t1}
+    build_s, _ = timed(lambda: folder_index(root / "train"))
+    cached_s, cached = timed(lambda: folder_index(root / "train"))
+    assert cached.cached
+    return {"build_s": build_s, "cached_s": cached_s}
 
 
 def gpu_decode_difference(root: Path, size: int, device: torch.device) -> float:
@@ -173,12 +209,10 @@ def _cache_in(folder: Path) -> Iterator[None]:
 
 def loader_speed(workers: Sequence[int], counts: dict[str, int], batch_size: int = 64,
                  passes: int = 3, size: int = 224, seed: int = 0,
-                 device: torch.device | None = None) -> dict[str, Any]:
+                 device: torch.device | None = None) -> LoaderResult:
     """Images per second of natkit's and torchvision's loaders on generated JPEG folders."""
-    from benchmarks.speed import machine
-
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    started = time.perf_counter()
+    elapsed = stopwatch()
     rows, index = [], {}
     with tempfile.TemporaryDirectory(prefix="natkit-loader-") as tmp, _cache_in(Path(tmp)):
         for kind, count in counts.items():
@@ -202,46 +236,42 @@ def loader_speed(workers: Sequence[int], counts: dict[str, int], batch_size: int
                         r, w, batch_size, passes, size, device, decode="gpu")))
                 for name, measure in settings:
                     speeds = measure(root)
-                    rows.append({"folder": kind, "loader": name, "workers": w,
-                                 "images_per_s": speeds,
-                                 "median_images_per_s": statistics.median(speeds)})
+                    rows.append(LoaderTiming(kind, name, w, tuple(speeds), median(speeds)))
                     typer.echo(f"{kind:9s} workers {w:2d}  {name:18s} "
-                               f"{statistics.median(speeds):8.1f} img/s", err=True)
-    return {"machine": machine(), "device": str(device), "counts": counts,
-            "sizes": {k: list(FOLDERS[k]) for k in counts}, "batch_size": batch_size,
-            "passes": passes, "image_size": size, "index": index, "rows": rows,
-            "seconds": time.perf_counter() - started}
+                               f"{median(speeds):8.1f} img/s", err=True)
+    return LoaderResult(machine(), str(device), counts, {k: list(FOLDERS[k]) for k in counts},
+                        batch_size, passes, size, index, tuple(rows), elapsed())
 
 
-def loader_markdown(result: dict[str, Any], notes: str = "") -> str:
+def loader_markdown(result: LoaderResult, notes: str = "") -> str:
     """The loader benchmark as a markdown section."""
-    m = result["machine"]
+    m = result.machine
     lines = ["#### Loader: natkit's image-folder loader against torchvision's ImageFolder", "",
-             f"{m['cores']} cores ({m['cpu']}), device {result['device']}"
-             f"{' (' + m['cuda'] + ')' if m.get('cuda') else ''}; batch {result['batch_size']}, "
-             f"images loaded at {result['image_size']} px; median of {result['passes']} "
+             f"{m.cores} cores ({m.cpu}), device {result.device}"
+             f"{' (' + m.cuda + ')' if m.cuda else ''}; batch {result.batch_size}, "
+             f"images loaded at {result.image_size} px; median of {result.passes} "
              "shuffled passes after a warm-up; persistent workers for both. torchvision: "
              "Resize + CenterCrop + ToTensor (float on the host); natkit: draft-mode JPEG "
              "decoding, the central square resized, "
-             + ("uint8 batches (pinned) made float on the device." if result["device"] != "cpu"
+             + ("uint8 batches (pinned) made float on the device." if result.device != "cpu"
                 else "floats made by the workers (by the main process with 0 workers)."), ""]
-    loaders = list(dict.fromkeys(r["loader"] for r in result["rows"]))
+    loaders = list(dict.fromkeys(r.loader for r in result.rows))
     header = ["folder", "workers", *[f"{name} img/s" for name in loaders],
               *[f"{name} / torchvision" for name in loaders if name != "torchvision"]]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    keys = list(dict.fromkeys((r["folder"], r["workers"]) for r in result["rows"]))
+    keys = list(dict.fromkeys((r.folder, r.workers) for r in result.rows))
     for folder, w in keys:
-        speed = {r["loader"]: r["median_images_per_s"] for r in result["rows"]
-                 if (r["folder"], r["workers"]) == (folder, w)}
-        size = "x".join(map(str, result["sizes"][folder]))
-        cells = [f"{folder} ({result['counts'][folder]} of ~{size})", str(w),
+        speed = {r.loader: r.median_images_per_s for r in result.rows
+                 if (r.folder, r.workers) == (folder, w)}
+        size = "x".join(map(str, result.sizes[folder]))
+        cells = [f"{folder} ({result.counts[folder]} of ~{size})", str(w),
                  *[f"{speed[n]:,.0f}" if n in speed else "-" for n in loaders],
                  *[f"{speed[n] / speed['torchvision']:.2f}x" if n in speed else "-"
                    for n in loaders if n != "torchvision"]]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "File index (listing and header checks) built once, then read from the cache:",
               ""]
-    for folder, t in result["index"].items():
+    for folder, t in result.index.items():
         gpu = (f"; GPU-decoded images differ from CPU-decoded ones by "
                f"{t['gpu_vs_cpu_decode_mean_abs']:.2f}/255 on average"
                if "gpu_vs_cpu_decode_mean_abs" in t else "")
@@ -249,7 +279,7 @@ def loader_markdown(result: dict[str, Any], notes: str = "") -> str:
                      f"{1000 * t['cached_s']:.1f} ms{gpu}")
     if notes:
         lines += ["", notes]
-    lines += ["", f"Total {result['seconds']:.0f} s.", ""]
+    lines += ["", f"Total {result.seconds:.0f} s.", ""]
     return "\n".join(lines)
 
 
@@ -274,7 +304,7 @@ def main(
     out.mkdir(parents=True, exist_ok=True)
     text = loader_markdown(result, notes)
     (out / "loader.md").write_text(text)
-    (out / "loader.json").write_text(json.dumps({**result, "notes": notes}, indent=1))
+    (out / "loader.json").write_text(json.dumps({**asdict(result), "notes": notes}, indent=1))
     typer.echo(text)
 
 

@@ -19,13 +19,13 @@ import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from benchmarks.loader import write_jpeg_folder
+from benchmarks.timing import stopwatch, synchronizer, timed
 
 CLASSES = 10
 
@@ -44,7 +44,7 @@ def _child(root: str, steps: int, warmup: int, batch_size: int, workers: int, de
     from rich.console import Console
 
     from natkit import config as cfg
-    from natkit import engine, presets
+    from natkit import lifecycle, presets
     from natkit.hookspecs import hookimpl
     from natkit.plugins import get_host
 
@@ -53,23 +53,21 @@ def _child(root: str, steps: int, warmup: int, batch_size: int, workers: int, de
         f"train.batch_size={batch_size}", f"train.num_workers={workers}", "train.epochs=1000",
         f"device={device}", "eval.enabled=false", *extra])
     marks: dict[int, float] = {}
+    clock = stopwatch()
 
     class Clock:
         @hookimpl
         def on_step_end(self, run: Any, metrics: dict[str, Any]) -> None:
             if run.step in (warmup, steps):
-                if run.device.type == "cuda":
-                    torch.cuda.synchronize(run.device)
-                marks[run.step] = time.perf_counter()
+                synchronizer(run.device)()
+                marks[run.step] = clock()
             if run.step >= steps:
                 run.request_stop()
 
     get_host().register(Clock(), name="paper-smoke-clock")
     with tempfile.TemporaryDirectory(prefix="natkit-paper-") as tmp:
-        run = engine.start(config, Path(tmp) / "run", console=Console(stderr=True, quiet=True))
-        started = time.perf_counter()
-        run.train()
-        total = time.perf_counter() - started
+        run = lifecycle.start(config, Path(tmp) / "run", console=Console(stderr=True, quiet=True))
+        total, _ = timed(lambda: lifecycle.execute(run, evaluate=False))
         cuda = run.device.type == "cuda"
         out = {
             "device": torch.cuda.get_device_name(run.device) if cuda else "cpu",
@@ -117,9 +115,8 @@ def main(
     with tempfile.TemporaryDirectory(prefix="natkit-paper-data-") as tmp:
         data = keep_data or Path(tmp)
         if not (data / "train").is_dir() or sum(1 for _ in (data / "train").rglob("*.jpg")) < images:
-            t0 = time.perf_counter()
-            write_folder(data, images)
-            print(f"wrote {images} JPEGs in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+            seconds, _ = timed(lambda: write_folder(data, images))
+            print(f"wrote {images} JPEGs in {seconds:.0f} s", file=sys.stderr)
         args = [sys.executable, "-m", "benchmarks.paper_smoke", "--child", str(data),
                 "--steps", str(steps), "--warmup", str(warmup), "--batch-size", str(batch_size),
                 "--workers", str(workers), "--device", device,

@@ -1,39 +1,40 @@
-"""Markdown, CSV and PNG outputs of the benchmark tables, and RESULTS.md.
+"""The benchmark tables' markdown sections, figures and verdicts.
 
-Everything here is rebuilt from the tables' CSVs (one row per run, seed and probe), so
-``python -m benchmarks report`` can redo the tables, figures and verdicts without
-training anything.
+Everything here is rebuilt from the tables' CSVs (one row per run, seed and probe,
+:mod:`benchmarks.records`), so ``python -m benchmarks report`` can redo the tables,
+figures and verdicts without training anything; :mod:`benchmarks.results_page`
+places them in RESULTS.md.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 import os
-import re
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from benchmarks.harness import (
-    Chosen,
+from benchmarks.records import Chosen, Measurement, read_choices, read_suite
+from benchmarks.results_page import VERDICTS_HEADING
+from benchmarks.stats import (
+    ALPHA,
+    EQUIVALENCE_MARGIN,
+    MOST_SEEDS,
     Finding,
-    Measurement,
     assess,
     curve_summary,
     curve_verdict,
+    paired,
+    seeds_to_decide,
     summarise,
 )
-from benchmarks.stats import ALPHA, EQUIVALENCE_MARGIN, MOST_SEEDS, paired, seeds_to_decide
 from benchmarks.tables import RANDOM_INIT, TABLES, Table
 
 METRIC_NAMES = {"classifier": "classifier (supervised)", "linear": "linear probe",
                 "knn": "kNN", "mlp": "MLP probe", "linear_test": "linear probe (test split)"}
-VERDICTS_HEADING = "## Verdicts"
 
 
 def verdict_rule(comparisons: int | None = None) -> str:
@@ -62,34 +63,6 @@ def verdict_rule(comparisons: int | None = None) -> str:
         f"number of comparisons (Bonferroni, the strictest step of Holm's method), up to "
         f"{MOST_SEEDS}. It plans the next run; it is not a test, and the spread of a few seeds "
         "is itself uncertain.")
-
-
-# ---------------------------------------------------------------- reading back
-
-
-def read_csv(path: Path) -> list[Measurement]:
-    """The measurements of a table's CSV (as :func:`write_csv` wrote them), one per run."""
-    runs: dict[tuple[str, int], Measurement] = {}
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            key = (row["setting"], int(row["seed"]))
-            m = runs.setdefault(key, Measurement(key[0], key[1], {}, {},
-                                                 float(row["seconds"] or 0), ""))
-            if row["epoch"]:
-                m.curve.setdefault(int(row["epoch"]), {})[row["metric"]] = float(row["trained"])
-                continue
-            m.trained[row["metric"]] = float(row["trained"])
-            if row["random_init"]:
-                m.random_init[row["metric"]] = float(row["random_init"])
-    for m in runs.values():
-        m.curve = dict(sorted(m.curve.items()))
-    return list(runs.values())
-
-
-def read_suite(folder: Path) -> dict[str, list[Measurement]]:
-    """Every table with a CSV in ``folder``, in the order of TABLES."""
-    return {key: read_csv(folder / f"{key}.csv") for key in TABLES
-            if (folder / f"{key}.csv").is_file()}
 
 
 # ---------------------------------------------------------------- markdown
@@ -277,59 +250,6 @@ def _curve_lines(measurements: list[Measurement]) -> list[str]:
     return lines
 
 
-def write_csv(measurements: list[Measurement], path: Path) -> None:
-    """One row per (setting, seed, metric) with the trained and random-init accuracy."""
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["setting", "seed", "metric", "trained", "random_init", "epoch",
-                         "seconds"])
-        for m in measurements:
-            if m.curve:
-                for epoch, values in m.curve.items():
-                    for key, value in values.items():
-                        writer.writerow([m.setting, m.seed, key, f"{value:.4f}", "", epoch,
-                                         f"{m.seconds:.1f}"])
-                continue
-            for metric, value in m.trained.items():
-                base = m.random_init.get(metric)
-                writer.writerow([m.setting, m.seed, metric, f"{value:.4f}",
-                                 "" if base is None else f"{base:.4f}", "", f"{m.seconds:.1f}"])
-
-
-def write_choices(chosen: list[Chosen], validation: tuple[str, ...], path: Path) -> None:
-    """One row per (setting, candidate) of a table's choice; no file when it chose nothing."""
-    if not chosen:
-        path.unlink(missing_ok=True)  # a scale without validation data keeps no older choice
-        return
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["setting", "key", "value", "metric", "score", "chosen", "seeds",
-                         "seconds", "validation"])
-        for c in chosen:
-            for value, score in c.scores.items():
-                writer.writerow([c.setting, c.key, value, c.metric, f"{score:.4f}",
-                                 int(value == c.value), c.seeds, f"{c.seconds[value]:.1f}",
-                                 " ".join(validation)])
-
-
-def read_choices(path: Path) -> tuple[list[Chosen], str]:
-    """The choices :func:`write_choices` wrote, and the validation data they were made on."""
-    if not path.is_file():
-        return [], ""
-    chosen: dict[str, Chosen] = {}
-    validation = ""
-    with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            c = chosen.setdefault(row["setting"], Chosen(row["setting"], row["key"], {}, "",
-                                                         row["metric"], int(row["seeds"]), {}))
-            c.scores[row["value"]] = float(row["score"])
-            c.seconds[row["value"]] = float(row["seconds"])
-            if row["chosen"] == "1":
-                c.value = row["value"]
-            validation = row["validation"]
-    return list(chosen.values()), validation
-
-
 def plot_table(table: Table, measurements: list[Measurement], path: Path) -> None:
     """Bars for every probe, trained and at random init, with error bars; or the
     accuracy-vs-epochs curve."""
@@ -401,105 +321,3 @@ def rebuild(folder: Path, relative_to: Path) -> tuple[list[tuple[str, str]], str
             curves.append(f"- {table.title}, the curve's shape: "
                           f"{curve_verdict(curve_summary(measurements))}")
     return sections, verdicts_section(findings, curves)
-
-
-def results_markdown(sections: list[str], header: dict[str, Any], verdicts: str = "") -> str:
-    """RESULTS.md: how it was made, on what, the verdicts, then every section."""
-    lines = [
-        "# natkit benchmark results",
-        "",
-        "Generated by the benchmark harness; do not edit by hand. To regenerate:",
-        "",
-        "```bash",
-        header["command"],
-        "```",
-        "",
-        "(`python -m benchmarks report` rebuilds the tables, figures and verdicts from the "
-        "CSVs without training.)",
-        "",
-        f"- machine: {header['machine']}",
-        f"- software: {header['software']}",
-        f"- finished: {header['date']}; {header['compute_minutes']:.0f} min of compute in "
-        f"all (every run once, as first measured, and the speed suite); this invocation took "
-        f"{header['minutes']:.0f} min, finished runs being reused",
-        f"- code: {header['code']}",
-        f"- scale `{header['scale']}`: {header['scale_about']}",
-        "",
-        "Paper values marked (u) are as reported in our design notes and could not be checked "
-        "against the paper's text here.",
-        "",
-        "Each run is the full natkit pipeline (training, then the fair evaluation of "
-        "`natkit run`: both the trained network and its random init get their BatchNorm "
-        "statistics recomputed on the unaugmented training images, features are standardised "
-        "with training statistics, probe settings are chosen on a "
-        "validation split of the training images, the test split is used once).",
-        "",
-    ]
-    if verdicts:
-        lines += [verdicts]
-    lines += ["## Tables", ""]
-    return "\n".join(lines) + "\n" + "\n".join(sections)
-
-
-def fresh_results(folder: Path, relative_to: Path, sections: list[tuple[str, str]],
-                  verdicts: str) -> str:
-    """A RESULTS.md for a folder of CSVs that has none: the verdicts, the tables, and the
-    speed section if the folder holds one."""
-    lines = ["# natkit benchmark results", "",
-             f"Rebuilt from the CSVs in `{folder}` by `python -m benchmarks report`; how and "
-             "where they were measured is not recorded here.", "", verdicts, "## Tables", "",
-             *(section for _, section in sections)]
-    speed = folder / "speed.md"
-    if speed.is_file():
-        png = os.path.relpath(folder / "speed.png", relative_to)
-        lines.append(f"{speed.read_text()}\n![solver speed]({png})\n")
-    return "\n".join(lines)
-
-
-def refresh_results(results: str, sections: list[tuple[str, str]], verdicts: str) -> str:
-    """RESULTS.md text with its verdicts and the given tables' sections replaced; the rest
-    (header, other tables, speed) stays as it was."""
-    for title, section in sections:
-        results = replace_table_section(results, title, section)
-    old = re.search(r"^## (Verdicts|What reproduces at this scale)\n.*?(?=^## )", results,
-                    flags=re.M | re.S)
-    if old:
-        return results[:old.start()] + verdicts + "\n" + results[old.end():]
-    tables = results.find("\n## Tables\n")
-    if tables >= 0:
-        return results[:tables + 1] + verdicts + "\n" + results[tables + 1:]
-    return results
-
-
-SPEED_HEADING = "### Speed: the assignment solvers and the cost of NAT"
-
-
-def replace_speed_section(results: str, section: str) -> str:
-    """RESULTS.md text with its speed section (heading to figure) replaced by ``section``."""
-    return replace_table_section(results, SPEED_HEADING.removeprefix("### "), section)
-
-
-def replace_table_section(results: str, title: str, section: str) -> str:
-    """RESULTS.md text with one table's section (heading to figure) replaced by ``section``.
-
-    A table not there yet goes before the speed section (or at the end).
-    """
-    start = results.find(f"### {title}\n")
-    if start < 0:
-        before = results.find(SPEED_HEADING)
-        if before < 0:
-            return results.rstrip("\n") + "\n\n" + section
-        return results[:before] + section + "\n" + results[before:]
-    end = results.find("\n![", start)
-    end = results.find("\n", end + 1) + 1 if end >= 0 else len(results)
-    return results[:start] + section + results[end:]
-
-
-def gpu_links(results_dir: Path, relative_to: Path) -> str:
-    """A paragraph pointing at the GPU speed tables measured on lent machines, if any."""
-    found = sorted(results_dir.glob("gpu-*/speed.md"))
-    if not found:
-        return ""
-    links = ", ".join(f"[{md.parent.name}]({os.path.relpath(md, relative_to)})" for md in found)
-    return (f"The same suite on a GPU (the solvers on the device, the paper configuration's step, "
-            f"the speed switches): {links}.\n")

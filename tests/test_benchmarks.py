@@ -17,10 +17,20 @@ from rich.console import Console
 from scipy import stats
 from typer.testing import CliRunner
 
-from benchmarks import harness, report
+from benchmarks import choices, harness, records, report, results_page
 from benchmarks.__main__ import app
-from benchmarks.harness import Measurement, Stat, assess, claim_values, measure
-from benchmarks.stats import EQUIVALENCE_MARGIN, decide, holm, paired, seeds_to_decide
+from benchmarks.harness import measure
+from benchmarks.records import Chosen, Measurement
+from benchmarks.stats import (
+    EQUIVALENCE_MARGIN,
+    Stat,
+    assess,
+    claim_values,
+    decide,
+    holm,
+    paired,
+    seeds_to_decide,
+)
 from benchmarks.tables import (
     BASIS_32,
     RANDOM_INIT,
@@ -70,16 +80,14 @@ def test_every_table_and_the_speed_suite_run_and_write_results(host, tmp_path):
     assert "python -m benchmarks all" in text and "machine:" in text
     assert "33.5 (u)" in text  # the paper's reported values stand beside the measurements
     # the supervised tables chose their step sizes on validation data, and trained with them
-    from benchmarks.report import read_choices
-
     folder = tmp_path / "results" / "tiny"
-    choices, validation = read_choices(folder / "loss.choices.csv")
-    assert {c.setting for c in choices} == {"softmax", "square"} and validation == "data.seed=1"
+    made, validation = records.read_choices(folder / "loss.choices.csv")
+    assert {c.setting for c in made} == {"softmax", "square"} and validation == "data.seed=1"
     assert "`train.lr` was chosen for each setting" in text
     assert not (folder / "solver.choices.csv").exists()
-    records = [json.loads(r.read_text()) for r in (tmp_path / "runs").rglob(harness.RECORD)]
-    square = next(c for c in choices if c.setting == "square")
-    measured = [r for r in records if r["setting"] == "square"
+    stored = [json.loads(r.read_text()) for r in (tmp_path / "runs").rglob(records.RECORD)]
+    square = next(c for c in made if c.setting == "square")
+    measured = [r for r in stored if r["setting"] == "square"
                 and builders.read_run_config(harness.Path(r["run_dir"])).data["seed"] == 0]
     assert {builders.read_run_config(harness.Path(r["run_dir"])).train.lr
             for r in measured} == {float(square.value)}
@@ -109,7 +117,7 @@ def test_a_table_capped_in_seeds_runs_no_more_than_its_cap(tmp_path, monkeypatch
         asked[table.key] = seeds
         return []
     monkeypatch.setattr("benchmarks.__main__.run_table", run_table)
-    monkeypatch.setattr("benchmarks.report.write_csv", lambda measured, path: None)
+    monkeypatch.setattr("benchmarks.records.write_csv", lambda measured, path: None)
     args = ["dim", "period", "--seeds", "5", "--out", str(tmp_path / "r"),
             "--runs", str(tmp_path / "runs")]
     assert runner.invoke(app, args).exit_code == 0
@@ -145,21 +153,21 @@ def test_supervised_tables_train_with_the_supervised_recipe_of_their_scale():
 
 
 def test_runs_remember_the_code_that_trained_them(host, tmp_path):
-    harness.code_fingerprint.cache_clear()
+    records.code_fingerprint.cache_clear()
     args = ["solver", "--seeds", "1", *sets(MINIMAL), "--out", str(tmp_path / "r"),
             "--runs", str(tmp_path / "runs")]
     assert runner.invoke(app, args).exit_code == 0
-    records = sorted((tmp_path / "runs" / "tiny").glob(f"*/{harness.RECORD}"))
-    assert len(records) == 4
-    assert {json.loads(r.read_text())["code"] for r in records} == {harness.code_fingerprint()}
+    kept = sorted((tmp_path / "runs" / "tiny").glob(f"*/{records.RECORD}"))
+    assert len(kept) == 4
+    assert {json.loads(r.read_text())["code"] for r in kept} == {records.code_fingerprint()}
     # a run trained by other code is still reused, and said to be
-    stored = json.loads(records[0].read_text())
-    records[0].write_text(json.dumps({**stored, "code": "0123456789ab"}))
+    stored = json.loads(kept[0].read_text())
+    kept[0].write_text(json.dumps({**stored, "code": "0123456789ab"}))
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and again.output.count("[trained by other code") == 1
     assert "[trained by other code: 0123456789ab]" in again.output
     from benchmarks.__main__ import _code_summary
-    current = harness.code_fingerprint()
+    current = records.code_fingerprint()
     assert current in _code_summary({"a": current, "b": current})
     mixed = _code_summary({"a": current, "b": current, "c": "0123456789ab", "d": ""})
     assert "3 versions of the code" in mixed and f"{current} (2 runs)" in mixed
@@ -174,15 +182,15 @@ def test_the_code_fingerprint_covers_the_plugins_source(host, tmp_path, monkeypa
     import importlib
 
     module = importlib.import_module("fingerprinted_plugin")
-    harness.code_fingerprint.cache_clear()
-    without = harness.code_fingerprint()
+    records.code_fingerprint.cache_clear()
+    without = records.code_fingerprint()
     host.register(module, name="fingerprinted")
-    harness.code_fingerprint.cache_clear()
-    first = harness.code_fingerprint()
+    records.code_fingerprint.cache_clear()
+    first = records.code_fingerprint()
     (package / "__init__.py").write_text("VALUE = 2\n")
-    harness.code_fingerprint.cache_clear()
-    assert len({without, first, harness.code_fingerprint()}) == 3
-    harness.code_fingerprint.cache_clear()
+    records.code_fingerprint.cache_clear()
+    assert len({without, first, records.code_fingerprint()}) == 3
+    records.code_fingerprint.cache_clear()
     monkeypatch.delitem(__import__("sys").modules, "fingerprinted_plugin")
 
 
@@ -240,12 +248,12 @@ def test_a_table_of_evaluations_re_evaluates_the_base_runs_without_training(host
     conv1 = measure(table, first.label, first.overrides, "tiny", 0, tuple(MINIMAL), tmp_path)
     runs = list(tmp_path.iterdir())
     assert len(runs) == 1  # the base recipe's run, the one the other tables share
-    assert (runs[0] / harness.RECORD).is_file()  # measured as itself too
+    assert (runs[0] / records.RECORD).is_file()  # measured as itself too
     trained_at = (runs[0] / CHECKPOINT).stat().st_mtime_ns
     conv2 = measure(table, second.label, second.overrides, "tiny", 0, tuple(MINIMAL), tmp_path)
     assert list(tmp_path.iterdir()) == runs
     assert (runs[0] / CHECKPOINT).stat().st_mtime_ns == trained_at
-    assert len(list((runs[0] / harness.REEVALUATED).glob("*.json"))) == 2
+    assert len(list((runs[0] / records.REEVALUATED).glob("*.json"))) == 2
     assert set(conv1.trained) == set(conv1.random_init) == set(conv2.trained) == {"linear"}
     assert [(c.eval.layer, c.eval.tap_pool) for c in evaluated] == [("conv1", 6), ("conv2", 3)]
     trained_with = builders.read_run_config(runs[0])
@@ -267,16 +275,16 @@ def test_a_record_of_an_older_protocol_is_evaluated_again_not_retrained(host, tm
     args = (table, setting.label, setting.overrides, "tiny", 0, tuple(MINIMAL), tmp_path)
     first = measure(*args)
     run = next(tmp_path.iterdir())
-    record = json.loads((run / harness.RECORD).read_text())
-    assert record["protocol"] == harness.PROTOCOL
+    record = json.loads((run / records.RECORD).read_text())
+    assert record["protocol"] == records.PROTOCOL
     old = {k: v for k, v in record.items() if k != "protocol"}  # as written before protocols
     old["trained"] = {"linear": 0.0, "knn": 0.0}
-    (run / harness.RECORD).write_text(json.dumps(old))
+    (run / records.RECORD).write_text(json.dumps(old))
     trained_at = (run / CHECKPOINT).stat().st_mtime_ns
     again = measure(*args)
     assert again.trained == first.trained and again.seconds == pytest.approx(first.seconds)
     assert (run / CHECKPOINT).stat().st_mtime_ns == trained_at
-    assert json.loads((run / harness.RECORD).read_text())["protocol"] == harness.PROTOCOL
+    assert json.loads((run / records.RECORD).read_text())["protocol"] == records.PROTOCOL
 
 
 def test_unknown_names_exit_2(host):
@@ -461,28 +469,28 @@ def _synthetic_csvs(folder):
                 Measurement("sobel", seed, {"linear": 0.68 + 0.01 * seed, "knn": 0.52,
                                             "mlp": 0.70}, {"linear": 0.58, "knn": 0.57,
                                                            "mlp": 0.60}, 60.0, "")]
-    report.write_csv(nat, folder / "preprocess_nat.csv")
+    records.write_csv(nat, folder / "preprocess_nat.csv")
     solver = [Measurement(label, seed, {"linear": v, "knn": v - 0.1}, {"linear": 0.58,
                                                                         "knn": 0.57}, 30.0, "")
               for seed in range(3) for label, v in
               (("hungarian", 0.68 + 0.01 * seed), ("emd", 0.68 + 0.01 * seed),
                ("sinkhorn", 0.6 + rng.uniform(0, 0.1)), ("greedy", 0.65))]
-    report.write_csv(solver, folder / "solver.csv")
+    records.write_csv(solver, folder / "solver.csv")
     curve = [Measurement("nat", seed, {}, {}, 100.0, "",
                          {e: {"linear_train": 0.9, "linear_test": 0.55 + 0.01 * e + 0.003 * seed}
                           for e in (0, 1, 2, 4, 8, 12)}) for seed in range(3)]
-    report.write_csv(curve, folder / "epochs.csv")
+    records.write_csv(curve, folder / "epochs.csv")
     return nat, solver, curve
 
 
 def test_csvs_read_back_as_they_were_written(tmp_path):
     nat, _, curve = _synthetic_csvs(tmp_path)
-    back = report.read_csv(tmp_path / "preprocess_nat.csv")
+    back = records.read_csv(tmp_path / "preprocess_nat.csv")
     assert [(x.setting, x.seed) for x in back] == [(x.setting, x.seed) for x in nat]
     for x, y in zip(back, nat, strict=True):
         assert x.trained == pytest.approx(y.trained)
         assert x.random_init == pytest.approx(y.random_init)
-    again = report.read_csv(tmp_path / "epochs.csv")
+    again = records.read_csv(tmp_path / "epochs.csv")
     assert [list(x.curve) for x in again] == [[0, 1, 2, 4, 8, 12]] * 3
     assert again[0].curve[12]["linear_test"] == pytest.approx(curve[0].curve[12]["linear_test"])
 
@@ -546,8 +554,6 @@ def test_stats_are_mean_and_sample_std():
 
 
 def test_running_one_table_refreshes_its_section_of_results_md(host, tmp_path):
-    from benchmarks.report import replace_table_section
-
     title = TABLES["solver"].title
     report = tmp_path / "RESULTS.md"
     report.write_text(f"# Results\n\n### {title}\n\nstale numbers\n\n![{title}](old.png)\n\n"
@@ -559,7 +565,7 @@ def test_running_one_table_refreshes_its_section_of_results_md(host, tmp_path):
     text = report.read_text()
     assert "stale numbers" not in text and text.count(f"### {title}") == 1
     assert "| hungarian |" in text and text.endswith("speed\n")  # the rest stays as it was
-    added = replace_table_section(text, "New table", "### New table\n\nx\n\n![New](n.png)\n")
+    added = results_page.replace_table_section(text, "New table", "### New table\n\nx\n\n![New](n.png)\n")
     assert added.index("### New table") < added.index("### Speed")
 
 
@@ -575,7 +581,7 @@ def test_a_choice_is_made_on_validation_data_and_the_measured_runs_use_it(host, 
     table = _one_setting(("0.001", "0.05"))
     out = io.StringIO()
     console = Console(file=out, width=200)
-    chosen = harness.choose(table, table.settings[0], "tiny", tuple(MINIMAL), tmp_path, console)
+    chosen = choices.choose(table, table.settings[0], "tiny", tuple(MINIMAL), tmp_path, console)
     assert set(chosen.scores) == {"0.001", "0.05"} and len(chosen.runs) == 2
     best = max(chosen.scores.values())
     assert chosen.scores[chosen.value] == best
@@ -593,22 +599,22 @@ def test_a_choice_is_made_on_validation_data_and_the_measured_runs_use_it(host, 
     assert config.data["seed"] == 0 and config.train.lr == float(chosen.value)
     assert measured[0].run_dir not in {m.run_dir for m in chosen.runs}
     # made again, the choice reads its runs back
-    again = harness.choose(table, table.settings[0], "tiny", tuple(MINIMAL), tmp_path, console)
+    again = choices.choose(table, table.settings[0], "tiny", tuple(MINIMAL), tmp_path, console)
     assert again.scores == chosen.scores and again.value == chosen.value
 
 
 def test_a_step_size_that_diverges_scores_zero_and_is_not_chosen(host, tmp_path, monkeypatch):
     table = _one_setting(("1e9", "0.05"))
     console = Console(file=io.StringIO())
-    chosen = harness.choose(table, table.settings[0], "tiny", tuple(MINIMAL), tmp_path, console)
+    chosen = choices.choose(table, table.settings[0], "tiny", tuple(MINIMAL), tmp_path, console)
     assert chosen.scores["1e9"] == 0.0 and chosen.value == "0.05"
     assert "(1 of 1 seed(s) diverged, scored 0)" in console.file.getvalue()
     diverged = chosen.runs[0]
     assert diverged.trained == {} and diverged.seconds > 0  # its cost is counted
-    assert (harness.Path(diverged.run_dir) / harness.DIVERGED).is_file()
+    assert (harness.Path(diverged.run_dir) / records.DIVERGED).is_file()
     # read back on the next invocation, not trained (nor diverged) again
     monkeypatch.setattr(harness, "_train", None)
-    again = harness.choose(table, table.settings[0], "tiny", tuple(MINIMAL), tmp_path,
+    again = choices.choose(table, table.settings[0], "tiny", tuple(MINIMAL), tmp_path,
                            Console(file=io.StringIO()))
     assert again.scores == chosen.scores and again.seconds == chosen.seconds
 
@@ -616,7 +622,7 @@ def test_a_step_size_that_diverges_scores_zero_and_is_not_chosen(host, tmp_path,
 def test_a_choice_refuses_a_value_set_for_every_run(host, tmp_path):
     table = _one_setting(("0.01", "0.05"))
     with pytest.raises(ConfigError, match="--set train.lr: table 'loss' chooses train.lr"):
-        harness.choose(table, table.settings[0], "tiny", (*MINIMAL, "train.lr=0.3"), tmp_path,
+        choices.choose(table, table.settings[0], "tiny", (*MINIMAL, "train.lr=0.3"), tmp_path,
                        Console(file=io.StringIO()))
     result = runner.invoke(app, ["loss", "--seeds", "1", *sets([*MINIMAL, "train.lr=0.3"]),
                                  "--out", str(tmp_path / "r"), "--runs", str(tmp_path / "runs")])
@@ -634,21 +640,21 @@ def test_a_choice_needs_a_table_that_trains_its_candidates():
 def test_a_choice_refuses_validation_data_equal_to_the_measured_data(host, tmp_path):
     table = _one_setting(("0.05",))
     with pytest.raises(ConfigError, match="measured runs' data"):
-        harness.choose(table, table.settings[0], "tiny", (*MINIMAL, "data.seed=1"), tmp_path,
+        choices.choose(table, table.settings[0], "tiny", (*MINIMAL, "data.seed=1"), tmp_path,
                        Console(file=io.StringIO()))
     # a scale without validation data keeps the recipe's own value: nothing is chosen
-    assert harness.choose(table, table.settings[0], "paper", (), tmp_path, Console()) is None
+    assert choices.choose(table, table.settings[0], "paper", (), tmp_path, Console()) is None
     assert "paper" not in VALIDATION
 
 
 def test_choices_read_back_and_show_in_their_table(tmp_path):
-    chosen = [harness.Chosen("softmax", "train.lr", {"0.01": 0.5, "0.1": 0.9, "1": 0.0}, "0.1",
+    chosen = [Chosen("softmax", "train.lr", {"0.01": 0.5, "0.1": 0.9, "1": 0.0}, "0.1",
                              "classifier", 1, {"0.01": 40.0, "0.1": 41.0, "1": 3.0}),
-              harness.Chosen("square", "train.lr", {"0.01": 0.2, "0.1": 0.3, "1": 0.6}, "1",
+              Chosen("square", "train.lr", {"0.01": 0.2, "0.1": 0.3, "1": 0.6}, "1",
                              "classifier", 1, {"0.01": 40.0, "0.1": 41.0, "1": 42.0})]
     path = tmp_path / "loss.choices.csv"
-    report.write_choices(chosen, ("data.seed=1",), path)
-    back, validation = report.read_choices(path)
+    records.write_choices(chosen, ("data.seed=1",), path)
+    back, validation = records.read_choices(path)
     assert validation == "data.seed=1"
     assert [(c.setting, c.value, c.scores, c.seconds) for c in back] == [
         (c.setting, c.value, c.scores, c.seconds) for c in chosen]
@@ -662,21 +668,21 @@ def test_choices_read_back_and_show_in_their_table(tmp_path):
         TABLES["loss"], [], [], choices=([tied], validation))
     assert "`data.seed=1`" in text and "classifier (supervised) accuracy" in text
     assert f"{(84 + 123) / 60:.1f} min of compute" in text  # the choices' runs are counted
-    report.write_choices([], (), path)  # a scale that chose nothing leaves no older choice
-    assert not path.exists() and report.read_choices(path) == ([], "")
+    records.write_choices([], (), path)  # a scale that chose nothing leaves no older choice
+    assert not path.exists() and records.read_choices(path) == ([], "")
 
 
 def test_report_shows_the_choices_of_a_table_that_chooses_and_of_no_other(tmp_path):
     folder = tmp_path / "results" / "tiny"
     _synthetic_csvs(folder)
-    report.write_csv([Measurement(label, seed, {"classifier": 0.9, "linear": 0.95},
+    records.write_csv([Measurement(label, seed, {"classifier": 0.9, "linear": 0.95},
                                   {"linear": 0.58}, 50.0, "")
                       for seed in range(3) for label in ("softmax", "square")],
                      folder / "loss.csv")
-    choice = harness.Chosen("softmax", "train.lr", {"0.01": 0.5, "0.1": 0.9}, "0.1",
+    choice = Chosen("softmax", "train.lr", {"0.01": 0.5, "0.1": 0.9}, "0.1",
                             "classifier", 1, {"0.01": 40.0, "0.1": 41.0})
-    report.write_choices([choice], ("data.seed=1",), folder / "loss.choices.csv")
-    report.write_choices([choice], ("data.seed=1",), folder / "solver.choices.csv")  # stray
+    records.write_choices([choice], ("data.seed=1",), folder / "loss.choices.csv")
+    records.write_choices([choice], ("data.seed=1",), folder / "solver.choices.csv")  # stray
     result = runner.invoke(app, ["report", "--out", str(tmp_path / "results"),
                                  "--results", str(tmp_path / "RESULTS.md")])
     assert result.exit_code == 0, result.output

@@ -195,7 +195,7 @@ def test_the_loader_benchmark_runs_and_reports_both_loaders(tmp_path, monkeypatc
     monkeypatch.setitem(bench.FOLDERS, "imagenet", (64, 48))
     result = bench.loader_speed([0], {"imagenet": 24}, batch_size=8, passes=1, size=32,
                           device=torch.device("cpu"))
-    assert {r["loader"] for r in result["rows"]} == {"natkit", "torchvision"}
-    assert all(r["median_images_per_s"] > 0 for r in result["rows"])
+    assert {r.loader for r in result.rows} == {"natkit", "torchvision"}
+    assert all(r.median_images_per_s > 0 for r in result.rows)
     text = bench.loader_markdown(result)
     assert "| imagenet (24 of ~64x48) | 0 |" in text and "natkit / torchvision" in text

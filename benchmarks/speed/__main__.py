@@ -1,0 +1,36 @@
+"""``python -m benchmarks.speed [--quick] [--out DIR] [--device D]``: the speed suite alone."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from benchmarks.speed.report import plot_solver_speed, speed_markdown
+from benchmarks.speed.suite import run_speed
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the suite, print its markdown, and write speed.md, speed.json and speed.png to --out."""
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.speed",
+                                     description="natkit's speed suite: solvers, step, memory.")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, under a minute (smoke)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="directory for speed.md, speed.json and speed.png")
+    parser.add_argument("--device", default="auto",
+                        help="auto, cpu or cuda[:N]; on CUDA the paper configuration's step is timed too")
+    args = parser.parse_args(argv)
+    results = run_speed(quick=args.quick, device=args.device)
+    text = speed_markdown(results)
+    if args.out is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "speed.md").write_text(text)
+        (args.out / "speed.json").write_text(json.dumps(results.to_dict(), indent=1, default=str))
+        plot_solver_speed(results, args.out / "speed.png")
+    print(text)
+    print(f"speed suite: {results.seconds['total']:.0f} s", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
