@@ -164,3 +164,70 @@ def test_results_json_written_by_an_evaluation_names_the_epoch_it_describes(natk
     assert runner.invoke(app, ["eval", str(run_dir)]).exit_code == 0
     details = json.loads((run_dir / "eval.json").read_text())
     assert details["epochs_trained"] == 1
+
+
+# ---------------------------------------------------------------- the index cache is an input
+
+
+def _folder(root):
+    for c in range(2):
+        for i in range(3):
+            path = root / f"c{c}" / f"{i}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (20, 14), (60 * c, 20 * i, 90)).save(path)
+    return root
+
+
+def _tamper(root, change):
+    from natkit.datasets.index import folder_index, index_path
+
+    assert not folder_index(root).cached  # built and cached
+    path = index_path(root)
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+    return path
+
+
+def _outside(root):
+    victim = root.parent / "victim.png"
+    Image.new("RGB", (20, 14), (255, 0, 0)).save(victim)
+    return victim
+
+
+TAMPERINGS = {
+    "absolute path": lambda d, root: d["classes"][0][1].append(str(_outside(root))),
+    "path up and out": lambda d, root: d["classes"][0][1].append(
+        f"c0/../../{_outside(root).name}"),
+    "file list as a string": lambda d, root: d["classes"][0].__setitem__(1, "c0/0.png"),
+    "empty dirs": lambda d, root: d.__setitem__("dirs", {}),
+    "nested lists": lambda d, root: d["classes"][0].__setitem__(1, [["c0/0.png"]]),
+    "no classes": lambda d, root: d.__setitem__("classes", []),
+    "skipped not a list": lambda d, root: d.__setitem__("skipped", {"a": 1}),
+}
+
+
+@pytest.mark.parametrize("tampering", TAMPERINGS, ids=list(TAMPERINGS))
+def test_a_cache_that_does_not_validate_is_rebuilt_with_one_warning(tmp_path, monkeypatch,
+                                                                    tampering):
+    from natkit.datasets.index import IndexCacheWarning, folder_index
+
+    monkeypatch.setenv("NATKIT_CACHE_DIR", str(tmp_path / "cache"))
+    root = _folder(tmp_path / "data").resolve()
+    _tamper(root, lambda data: TAMPERINGS[tampering](data, root))
+    with pytest.warns(IndexCacheWarning, match="is not valid .*; rebuilding it from the folder"):
+        index = folder_index(root)
+    assert not index.cached
+    assert index.classes == [("c0", ["c0/0.png", "c0/1.png", "c0/2.png"]),
+                             ("c1", ["c1/0.png", "c1/1.png", "c1/2.png"])]
+    assert folder_index(root).cached  # the rebuilt cache is sound
+
+
+def test_a_changed_class_folder_is_seen_even_if_the_cache_drops_its_time(tmp_path, monkeypatch):
+    from natkit.datasets.index import IndexCacheWarning, folder_index
+
+    monkeypatch.setenv("NATKIT_CACHE_DIR", str(tmp_path / "cache"))
+    root = _folder(tmp_path / "data").resolve()
+    _tamper(root, lambda data: data["dirs"].pop("c1"))
+    with pytest.warns(IndexCacheWarning, match="class 'c1' has no folder time"):
+        assert not folder_index(root).cached

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,23 +112,80 @@ def _scan(root: Path) -> tuple[FolderIndex, dict[str, int | None]]:
     return FolderIndex(root, found, skipped, cached=False), dirs
 
 
+class IndexCacheWarning(UserWarning):
+    """A cached folder index did not validate; natkit rebuilt it from the folder."""
+
+
 def _read(path: Path, root: Path) -> FolderIndex | None:
-    """The cached index of ``root`` if it exists and every directory kept its mtime."""
+    """The cached index of ``root`` if it is valid and every directory kept its mtime.
+
+    The cache is an input like any other file: one that does not validate is
+    rebuilt, with a warning, and nothing it names outside ``root`` is ever opened.
+    """
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None  # none yet, or unreadable: rebuild it
-    try:
-        if (data["version"] != INDEX_VERSION or data["root"] != str(root)
-                or data["key"] != _key()):
-            return None
-        if any(_mtime(root / rel) != mtime for rel, mtime in data["dirs"].items()):
-            return None
-        classes = [(str(name), list(files)) for name, files in data["classes"]]
-        skipped = [(str(rel), str(why)) for rel, why in data["skipped"]]
-    except (KeyError, TypeError, ValueError, AttributeError):
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError) as exc:
+        return _invalid(path, root, f"unreadable: {type(exc).__name__}")
+    why = _problem(data, root)
+    if why is not None:
+        return _invalid(path, root, why)
+    if (data["version"] != INDEX_VERSION or data["root"] != str(root) or data["key"] != _key()
+            or any(_mtime(root / rel) != mtime for rel, mtime in data["dirs"].items())):
+        return None  # another version, folder or setting, or the folder changed: rebuild
+    classes = [(name, list(files)) for name, files in data["classes"]]
+    skipped = [(rel, why) for rel, why in data["skipped"]]
     return FolderIndex(root, classes, skipped, cached=True)
+
+
+def _invalid(path: Path, root: Path, why: str) -> None:
+    warnings.warn(f"the index cache '{path}' of '{root}' is not valid ({why}); rebuilding it "
+                  "from the folder", IndexCacheWarning, stacklevel=4)
+    return None
+
+
+def _relative(text: Any) -> bool:
+    """A relative POSIX path inside the folder: no absolute path, no '..', no empty part."""
+    if not isinstance(text, str) or not text or text.startswith("/") or "\\" in text:
+        return False
+    return all(part not in ("", ".", "..") for part in text.split("/"))
+
+
+def _problem(data: Any, root: Path) -> str | None:
+    """What is wrong with a cached index's structure, or None when it is sound."""
+    if not isinstance(data, dict):
+        return "not a mapping"
+    missing = {"version", "root", "key", "dirs", "classes", "skipped"} - data.keys()
+    if missing:
+        return f"no '{sorted(missing)[0]}'"
+    dirs, classes, skipped = data["dirs"], data["classes"], data["skipped"]
+    if not isinstance(dirs, dict) or "." not in dirs:
+        return "'dirs' must map the folder and its subfolders to their times"
+    if any(not (rel == "." or _relative(rel)) or not (t is None or type(t) is int)
+           for rel, t in dirs.items()):
+        return "'dirs' names a folder outside the root, or a time that is not an integer"
+    if not isinstance(classes, list) or not classes:
+        return "'classes' must be a non-empty list"
+    listed: set[str] = set()
+    for entry in classes:
+        if not (isinstance(entry, list) and len(entry) == 2 and _relative(entry[0])
+                and "/" not in entry[0] and isinstance(entry[1], list) and entry[1]):
+            return "each class must be [name, [files]] with a plain name and files"
+        name, files = entry
+        if name not in dirs:  # else its files could change without the cache noticing
+            return f"class '{name[:40]}' has no folder time in 'dirs'"
+        for rel in files:
+            if not (_relative(rel) and rel.startswith(f"{name}/")
+                    and Path(rel).suffix.lower() in IMAGE_EXTENSIONS):
+                return f"class '{name[:40]}' lists a file outside its folder, or not an image"
+        listed.update(files)
+    if not isinstance(skipped, list) or any(
+            not (isinstance(e, list) and len(e) == 2 and isinstance(e[0], str)
+                 and e[0] in listed and isinstance(e[1], str))
+            for e in skipped):
+        return "'skipped' must list [file, reason] pairs of listed files"
+    return None
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
