@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 import natkit
+from natkit.errors import ConfigError
 from natkit.methods import Batch, Method, MethodContext, StepLoss
 from natkit.runview import RunView
 from natkit.values import Bounds, OptionError
@@ -32,7 +33,7 @@ class SelfLabelling(Method):
     def __init__(self, *, context: MethodContext,
                  clusters: Annotated[int, Bounds(ge=2)] = 10,
                  relabel_every: Annotated[int, Bounds(ge=0)] = 1,
-                 lam: Annotated[float, Bounds(gt=0.0)] = 25.0,
+                 lam: Annotated[float, Bounds(ge=1e-3, le=1e6)] = 25.0,
                  iterations: Annotated[int, Bounds(ge=1)] = 10_000,
                  tol: Annotated[float, Bounds(gt=0.0, lt=1.0)] = 1e-3) -> None:
         """Self-labelling with balanced pseudo-labels (SeLa; Asano et al., ICLR 2020).
@@ -44,7 +45,7 @@ class SelfLabelling(Method):
                 included (as SeLa's first label step, from the random network); 0 keeps the
                 initial random balanced labels.
             lam: SeLa's lambda, the sharpness of the label step (its entropic regularisation
-                is 1 / lam).
+                is 1 / lam); from 0.001 (near-uniform plans) to 1e6 (near-exact transport).
             iterations: the most Sinkhorn-Knopp iterations of one label step.
             tol: stop the label step once every cluster's share of the images is within this
                 fraction of 1/K.
@@ -82,10 +83,23 @@ class SelfLabelling(Method):
         # answer keeps their labels identical even where their kernels round differently
         new = self.comm.broadcast(new, "sharing the pseudo-labels").to(self.device)
         sizes = torch.bincount(new, minlength=self.head_dim)
+        self._check_balance(sizes)
         stats = torch.stack([(new != self.labels).double().mean(), sizes.min().double(),
                              sizes.max().double()]).tolist()
         self.labels, self.labelled_epoch = new, epoch
         return {"changed": stats[0], "smallest_cluster": stats[1], "largest_cluster": stats[2]}
+
+    def _check_balance(self, sizes: torch.Tensor) -> None:
+        """Refuse labels that put far more images in one cluster than its share: SeLa's point.
+
+        A plan too flat to separate the images (``lam`` too small for the network's
+        outputs) gives every image the same argmax; training on it would collapse.
+        """
+        fair, largest = self.num_images / self.head_dim, int(sizes.max())
+        if largest > 2 * fair:
+            raise ConfigError(f"method.lam: SeLa's label step put {largest} of {self.num_images} "
+                              f"images in one cluster (a balanced share is {fair:.0f}); "
+                              f"lam={self.lam:g} is too flat to separate them: raise it (SeLa: 25)")
 
     def loss(self, outputs: torch.Tensor, batch: Batch) -> StepLoss:
         # non_blocking: the host queues the copy of the indices and never waits for the device

@@ -10,6 +10,7 @@ from natkit_sela.balanced import balanced_labels
 
 from natkit import lifecycle
 from natkit.checkpoint import load_checkpoint, read_metrics
+from natkit.errors import ConfigError
 from natkit.testing import EXACT, StopAfter, assert_same_state
 
 SELA = ("method=sela", "method.clusters=4", "train.epochs=3")
@@ -70,6 +71,20 @@ def test_the_labels_stay_balanced_through_training(natkit_run):
     assert counts.min() >= 5 and counts.max() <= 11  # 64 images, 8 a cluster
 
 
+def test_labels_piled_into_one_cluster_are_refused_naming_lam(tiny_config, tmp_path,
+                                                              monkeypatch):
+    from natkit_sela import method as sela
+
+    # what a plan too flat to separate the images gives: every image's argmax is cluster 0
+    monkeypatch.setattr(sela, "balanced_labels", lambda logits, *args: torch.zeros(
+        len(logits), dtype=torch.int64))
+    run = lifecycle.start(tiny_config(*SELA, "eval.enabled=false"), tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"^method\.lam: SeLa's label step put 64 of 64 images "
+                                          r"in one cluster \(a balanced share is 16\); lam=25 "
+                                          r"is too flat"):
+        lifecycle.execute(run)
+
+
 def test_the_state_is_checked_and_a_relabelled_epoch_is_not_relabelled_again(tiny_config,
                                                                              tmp_path):
     run = lifecycle.start(tiny_config(*SELA, "eval.enabled=false"), tmp_path / "run")
@@ -114,7 +129,9 @@ def test_a_stopped_run_resumes_bit_exactly(natkit_host, tiny_config, tmp_path, s
     ("method.clusters=1", "method.clusters: method 'sela': clusters must be >= 2, got 1"),
     ("method.clusters=100", "method.clusters: method 'sela': clusters must be at most the 64 "
                             "training images, got 100"),
-    ("method.lam=0", "method.lam: method 'sela': lam must be > 0.0, got 0"),
+    ("method.lam=0", "method.lam: method 'sela': lam must be >= 0.001, got 0"),
+    ("method.lam=1e-320", "method.lam: method 'sela': lam must be >= 0.001, got 1e-320"),
+    ("method.lam=1e9", "method.lam: method 'sela': lam must be <= 1000000.0, got 1000000000"),
     ("method.tol=1", "method.tol: method 'sela': tol must be < 1.0, got 1"),
     ("method.permute_every=3", "method.permute_every: method 'sela' has no option"),
 ])
