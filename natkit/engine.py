@@ -25,7 +25,7 @@ from natkit import config as cfg
 from natkit.augment import augment_batch
 from natkit.datasets.loader import BatchLoader
 from natkit.distributed import SINGLE, Comm, state_fingerprint
-from natkit.errors import TrainingDiverged
+from natkit.errors import TrainingDiverged, clip
 from natkit.methods import Batch, RunView
 from natkit.metrics import MetricsLog
 from natkit.plugins import hooks
@@ -86,20 +86,17 @@ class Run:
         if self.comm.is_main:
             ckpt.save_checkpoint(state, *ckpt.checkpoint_paths(self.dir, self.epoch, checkpoint, snapshot))
 
-    def _lr(self) -> float:
-        return scheduled_rate(self.step, self.config.train)
-
     def epoch_batches(self, epoch: int) -> torch.Tensor:
         """This epoch's batches of dataset indices (full batches only: BatchNorm needs b > 1)."""
         n, b = len(self.dataset), self.config.train.batch_size
         order = torch.randperm(n, generator=generator(self.config.seed, f"order/{epoch}"))
         return order[: n - n % b].view(-1, b)
 
-    def _diverged(self, what: str) -> TrainingDiverged:
+    def _diverged(self, what: str, hint: str = "try a lower train.lr") -> TrainingDiverged:
         kept = (f"the last good checkpoint (epoch {self._saved_epoch}) is kept in "
                 f"{self.checkpoint_path}" if self.checkpoint_path.exists() else "no checkpoint yet")
         return TrainingDiverged(f"{what} became NaN or infinite by step {self.step} (epoch "
-                                f"{self.epoch + 1}); {kept}; try a lower train.lr")
+                                f"{self.epoch + 1}); {kept}; {hint}")
 
     def view(self) -> RunView:
         """The run's read-only view for hooks and methods (the same object every time)."""
@@ -120,6 +117,11 @@ class Run:
         try:
             return self.method.start_epoch(self.epoch, self.view())
         except FloatingPointError:
+            if ckpt.non_finite_tensor(self.model, self.method_modules) is None:  # not train.lr
+                options = [f"method.{k}={v}" for k, v in self.config.method.items() if k != "name"]
+                raise self._diverged(f"what method '{self.config.method['name']}' computed from a "
+                                     "finite network", "check the method's options "
+                                     f"({clip(', '.join(options) or 'its defaults', 200)})") from None
             raise self._diverged("the outputs") from None
         finally:
             self.in_method = False
@@ -144,7 +146,7 @@ class Run:
             result = self.method.loss(out.float(), batch)
         except FloatingPointError:
             raise self._diverged("the features") from None
-        lr = self._lr()
+        lr = scheduled_rate(self.step, self.config.train)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
@@ -207,17 +209,17 @@ class Run:
                 if not math.isfinite(value):
                     raise self._diverged("the loss")
                 record = {"kind": "step", "epoch": epoch, "step": self.step, "loss": value,
-                          "lr": self._lr(), "images_per_s": window.take(),
+                          "lr": scheduled_rate(self.step, t), "images_per_s": window.take(),
                           "world_size": comm.world_size}
                 metrics.write(record)
             self.hook.on_step_end(run=self.view(),
                                   metrics=record or {"epoch": epoch, "step": self.step})
-            progress.advance(record["loss"] if record else None, self._lr(),
+            progress.advance(record["loss"] if record else None, scheduled_rate(self.step, t),
                              record["images_per_s"] if record else None)
             if self._agree_to_stop():
                 return False
         summary = tally.summary(comm, epoch=epoch, step=self.step, batches=self.batch_in_epoch,
-                                batch_size=t.batch_size, lr=self._lr())
+                                batch_size=t.batch_size, lr=scheduled_rate(self.step, t))
         if not math.isfinite(summary["loss"]):
             raise self._diverged("the loss")
         self.epoch, self.batch_in_epoch = self.epoch + 1, 0

@@ -14,10 +14,12 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
+import natkit
 from natkit import lifecycle
 from natkit.checkpoint import load_checkpoint, save_checkpoint
 from natkit.cli import app
 from natkit.errors import CheckpointError
+from natkit.methods import Method, MethodContext, StepLoss
 from natkit.rundir import RunLock
 from natkit.testing import tiny_args
 
@@ -231,3 +233,36 @@ def test_a_changed_class_folder_is_seen_even_if_the_cache_drops_its_time(tmp_pat
     _tamper(root, lambda data: data["dirs"].pop("c1"))
     with pytest.warns(IndexCacheWarning, match="class 'c1' has no folder time"):
         assert not folder_index(root).cached
+
+
+class Unstable(Method):
+    """A method whose label step overflows when its ``temperature`` is too small."""
+
+    def __init__(self, *, context: MethodContext, temperature: float = 1.0) -> None:
+        self.head_dim, self.temperature = 4, temperature
+
+    def start_epoch(self, epoch, run):
+        if float(torch.exp(run.outputs().abs().max() / self.temperature)) == math.inf:
+            raise FloatingPointError("the label step overflowed")
+        return None
+
+    def loss(self, outputs, batch):
+        return StepLoss(outputs.pow(2).mean())
+
+
+class UnstablePlugin:
+    @natkit.hookimpl
+    def register_methods(self, register):
+        register("unstable", Unstable)
+
+
+def test_a_nan_a_method_option_caused_blames_the_method_not_the_learning_rate(natkit_host,
+                                                                              tmp_path):
+    natkit_host.register(UnstablePlugin(), name="unstable")
+    result = runner.invoke(app, ["run", "--out", str(tmp_path / "r"), "--no-eval",
+                                 *tiny_args("method=unstable", "method.temperature=1e-30")])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    error = result.stderr.strip().splitlines()[-1]
+    assert error == ("error: what method 'unstable' computed from a finite network became NaN or "
+                     "infinite by step 0 (epoch 1); no checkpoint yet; check the method's options "
+                     "(method.temperature=1e-30)")
