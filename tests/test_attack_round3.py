@@ -266,3 +266,11 @@ def test_a_nan_a_method_option_caused_blames_the_method_not_the_learning_rate(na
     assert error == ("error: what method 'unstable' computed from a finite network became NaN or "
                      "infinite by step 0 (epoch 1); no checkpoint yet; check the method's options "
                      "(method.temperature=1e-30)")
+
+
+def test_the_stem_hint_never_suggests_the_stem_already_in_use(natkit_host, tmp_path):
+    result = runner.invoke(app, ["run", "--out", str(tmp_path / "r"),
+                                 *tiny_args("backbone.stem=small", "data.image_size=8")])
+    error = one_error(result)
+    assert "too small for the 'small' stem" in error and "use images of at least 15 px" in error
+    assert "stem 'small' or" not in error

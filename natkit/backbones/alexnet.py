@@ -32,6 +32,18 @@ def _pool(size: int) -> int:
     return (size - 3) // 2 + 1
 
 
+def _conv5_size(image_size: int, stem: str) -> int:
+    """The side of conv5's maps (before pool5) for an input of ``image_size`` px."""
+    kernel, stride, padding = STEMS[stem]
+    size = _pool((image_size + 2 * padding - kernel) // stride + 1)  # conv1, pool1
+    return _pool(size)  # conv2 keeps the size, then pool2
+
+
+def _smallest_input(stem: str) -> int:
+    """The smallest input side whose conv5 maps are at least 3x3 with ``stem``."""
+    return next(side for side in range(1, 4096) if _conv5_size(side, stem) >= 3)
+
+
 class AlexNet(Backbone):
     """AlexNet's five conv layers with BatchNorm; pooled conv5 features (torchvision layout).
 
@@ -52,13 +64,14 @@ class AlexNet(Backbone):
         if stem == "auto":
             stem = "imagenet" if image_size >= 128 else "small"
         kernel, stride, padding = STEMS[stem]
-        size = _pool((image_size + 2 * padding - kernel) // stride + 1)  # conv1, pool1
-        size = _pool(size)  # conv2 keeps the size, then pool2
+        size = _conv5_size(image_size, stem)
         if size < 3:
+            smallest = _smallest_input(stem)
+            other = ("stem 'small' or " if stem != "small"
+                     and _conv5_size(image_size, "small") >= 3 else "")
             raise ValueError(
-                f"image_size {image_size} is too small for the '{stem}' stem "
-                f"(conv5 maps would be {max(size, 0)}x{max(size, 0)}); use stem 'small' or larger images"
-            )
+                f"image_size {image_size} is too small for the '{stem}' stem (conv5 maps would be "
+                f"{max(size, 0)}x{max(size, 0)}); use {other}images of at least {smallest} px")
         self.stem = stem
         self.out_size = _pool(size)
         w1, w2, w3, w4, w5 = widths
