@@ -36,6 +36,7 @@ from natkit.evaluation.preflight import check_evaluable
 from natkit.evaluation.protocol import evaluate_run
 from natkit.metrics import truncate_metrics
 from natkit.rundir import RunLock, check_new_run_dir
+from natkit.signals import Terminated, terminate_as_interrupt
 from natkit.tally import EpochTally
 
 # Settings a resumed run may change: how it runs, not what it trains (world_size and
@@ -215,9 +216,9 @@ def evaluation(run_dir: Path, *, console: Console | None = None,
     """
     before = _identity(run_dir / RESULTS)
     try:
-        with holding(run_dir):
+        with terminate_as_interrupt(), holding(run_dir):
             return evaluate_run(run_dir, console=console, progress=progress)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         after = _identity(run_dir / RESULTS)
         if after is None:
             kept = f"{RESULTS} was not written"
@@ -225,8 +226,10 @@ def evaluation(run_dir: Path, *, console: Console | None = None,
             kept = f"the previous {RESULTS} is kept"
         else:
             kept = f"{RESULTS} was written just before"
-        raise Interrupted(f"interrupted: evaluation stopped; {run_dir / CHECKPOINT} is intact "
-                          f"and {kept}; evaluate again with: natkit eval {run_dir}") from None
+        interrupted = Interrupted(f"{_cause(stop)}: evaluation stopped; {run_dir / CHECKPOINT} is "
+                                  f"intact and {kept}; evaluate again with: natkit eval {run_dir}")
+        interrupted.exit_code = 143 if isinstance(stop, Terminated) else 130
+        raise interrupted from None
 
 
 @contextlib.contextmanager
@@ -239,6 +242,10 @@ def holding(run_dir: Path) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def _cause(stop: KeyboardInterrupt) -> str:
+    return "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
 
 
 def _announce(run: Run, retired: list[tuple[str, Path]], *, evaluating: bool) -> None:

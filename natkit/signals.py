@@ -31,3 +31,30 @@ def stop_requests(request_stop: Callable[[], None]) -> Iterator[None]:
     finally:
         signal.signal(signal.SIGINT, previous)
         signal.signal(signal.SIGTERM, previous_term)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be, so that the same clean-up runs for both."""
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """While inside, SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) in the main thread.
+
+    Work with no checkpoint to save (an evaluation) stops at once on SIGTERM as on
+    Ctrl-C: its ``finally`` blocks remove temporary files and its caller says what
+    is kept, instead of the process dying silently with them left behind.
+    """
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
