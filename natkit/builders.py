@@ -17,7 +17,7 @@ import torch
 from natkit import config as cfg
 from natkit.checkpoint import CONFIG
 from natkit.distributed import SINGLE, Comm
-from natkit.errors import CheckpointError, ConfigError, DataError
+from natkit.errors import CheckpointError, ConfigError, DataError, clip
 from natkit.methods import Method, MethodContext
 from natkit.model import Network, ProjectionHead
 from natkit.plugins import registry
@@ -31,12 +31,12 @@ def pick_device(spec: str) -> torch.device:
     try:
         device = torch.device(spec)
     except RuntimeError:
-        raise ConfigError(f"device: '{spec}' is not a device; expected auto, cpu, cuda or cuda:N") \
+        raise ConfigError(f"device: '{clip(spec)}' is not a device; expected auto, cpu, cuda or cuda:N") \
             from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device: '{spec}' requested but CUDA is not available here; use cpu")
+        raise ConfigError(f"device: '{clip(spec)}' requested but CUDA is not available here; use cpu")
     if device.type not in ("cpu", "cuda"):
-        raise ConfigError(f"device: '{spec}' is not supported; expected auto, cpu, cuda or cuda:N")
+        raise ConfigError(f"device: '{clip(spec)}' is not supported; expected auto, cpu, cuda or cuda:N")
     return device
 
 

@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 
 from natkit.kinds import TABLE
-from natkit.values import Bounds
+from natkit.values import MAX_WIDTH, Bounds
 
 # config section -> registry kind, from the one table of kinds
 COMPONENT_SECTIONS: dict[str, str] = {kind.section: kind.name for kind in TABLE}
@@ -51,7 +51,7 @@ class HeadConfig:
     hidden: list[int] | None = option(
         [], "hidden widths of the fc layers; [] is a linear projection (the tuned small-scale "
             "default); null takes the backbone's own (AlexNet: the paper's fc6-fc7, 4096-4096)",
-        ge=1)
+        ge=1, le=MAX_WIDTH)
     dropout: float = option(0.5, "dropout rate of the hidden fc layers (see dropout_where)",
                             ge=0.0, lt=1.0)
     dropout_where: Literal["before_each", "between"] = option(
@@ -87,9 +87,11 @@ class TrainConfig:
     epochs: int = option(40, "training epochs", ge=1)
     batch_size: int = option(256, "images per batch (and the size of each assignment problem)",
                              ge=2)
-    lr: float = option(0.05, "base step size l0", gt=0.0)
+    lr: float = option(0.05, "base step size l0 (at most 10,000: float32 weights overflow "
+                             "long before)", gt=0.0, le=1e4)
     momentum: float = option(0.9, "SGD momentum (the paper: 0)", ge=0.0, lt=1.0)
-    weight_decay: float = option(5e-4, "L2 weight decay", ge=0.0)
+    weight_decay: float = option(5e-4, "L2 weight decay (at most 100: more zeroes every weight "
+                                       "at any usable lr)", ge=0.0, le=100.0)
     warmup_steps: int = option(50, "linear warm-up from 0 to lr over this many steps", ge=0)
     lr_t0: int = option(
         0, "steps at constant lr (after warm-up) before the decay l0 / (1 + gamma (t - t0))", ge=0)
@@ -97,7 +99,7 @@ class TrainConfig:
                                     "constant", ge=0.0)
     split: str = option("train", "dataset split to train on (e.g. 'train+unlabeled' for stl10)")
     num_workers: int = option(0, "DataLoader worker processes (0 loads in the main process)",
-                              ge=0)
+                              ge=0, le=256)
     amp: bool = option(False, "bfloat16 autocast on CUDA (ignored on the CPU)")
     channels_last: bool = option(
         False, "channels-last memory format for the network and its inputs (faster convolutions "
@@ -126,16 +128,18 @@ class EvalConfig:
                                   "the authors' test.lua MLP on augmented crops (transfer_*)")
     layer: str = option("last", "feature tap to probe: 'last' (the pooled output, conv5 "
                                 "for AlexNet) or a named tap such as conv3")
-    tap_pool: int = option(2, "intermediate taps are average-pooled to this grid size", ge=1)
+    tap_pool: int = option(2, "intermediate taps are average-pooled to this grid size", ge=1,
+                           le=64)
     val_fraction: float = option(
         0.2, "fraction of the training split held out to choose probe settings", gt=0.0, lt=1.0)
     linear_weight_decay: list[float] = option(
         [1e-5, 1e-4, 1e-3, 1e-2, 1e-1], "L2 strengths tried by the linear probe", ge=0.0,
         min_len=1)
     linear_iterations: int = option(200, "L-BFGS iterations of the linear probe", ge=1)
-    mlp_hidden: int = option(512, "hidden width of the MLP probe (the paper: 4096)", ge=1)
+    mlp_hidden: int = option(512, "hidden width of the MLP probe (the paper: 4096)", ge=1,
+                             le=MAX_WIDTH)
     mlp_weight_decay: list[float] = option([1e-5, 1e-3], "weight-decay grid of the MLP probe",
-                                           ge=0.0, min_len=1)
+                                           ge=0.0, le=100.0, min_len=1)
     mlp_epochs: int = option(60, "epochs of the MLP probe", ge=1)
     knn_k: list[int] = option([1, 5, 10, 20, 50], "neighbour counts tried by the kNN probe",
                               ge=1, min_len=1)
@@ -157,7 +161,7 @@ class EvalConfig:
     transfer_epochs: int = option(100, "epochs of the transfer probe (test.sh -maxepoch 100; "
                                        "test.lua's own default is 1)", ge=1)
     transfer_lr: float = option(0.1, "initial learning rate of the transfer probe (test.lua -lr)",
-                                gt=0.0)
+                                gt=0.0, le=1e4)
     transfer_momentum: float = option(
         0.9, "momentum of the transfer probe as optimutil.lua applies it: the step follows the "
              "average m = momentum m + (1 - momentum) g (test.lua -momentum)", ge=0.0, lt=1.0)
@@ -174,7 +178,7 @@ class EvalConfig:
     transfer_dropout: float = option(0.5, "dropout after the first hidden layer of the transfer "
                                           "MLP (test.lua -dropout)", ge=0.0, lt=1.0)
     transfer_hidden: int = option(4096, "hidden width of the transfer MLP (alexnet-specs.lua: "
-                                        "4096)", ge=1)
+                                        "4096)", ge=1, le=MAX_WIDTH)
     transfer_crops: Literal[1, 10] = option(
         10, "test crops per image of the transfer probe: 10 (centre and 4 corners, and the same "
             "of the mirror image, outputs summed; test.lua) or 1 (the centre, -testsinglecrop 1)")

@@ -25,6 +25,11 @@ from natkit.errors import ConfigError
 
 # Integers go to torch and numpy, whose integers have 64 bits.
 INT_LIMIT = 2**63 - 1
+# The widest layer, feature or target space natkit builds (the paper's widest is 4096): a
+# wider one is refused when the config is read, not by the allocator after training.
+MAX_WIDTH = 65536
+# The largest image side natkit decodes or generates (ImageNet's preset uses 256).
+MAX_IMAGE_SIZE = 4096
 
 
 @dataclass(frozen=True)

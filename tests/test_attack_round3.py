@@ -308,3 +308,22 @@ def test_sigterm_during_natkit_eval_cleans_up_and_says_so(natkit_host, tmp_path)
     assert rest.strip().splitlines()[-1].startswith(
         "terminated (SIGTERM): evaluation stopped; ")
     assert not list(run_dir.glob(".eval-features-*")) and not (run_dir / "results.json").exists()
+
+
+# each of these passed the config's checks and then failed with a traceback (an allocation
+# of terabytes, a float32 overflow, 100,000 worker processes), some of them after training
+EDGE_VALUES = ["eval.mlp_hidden=100000000000", "eval.transfer_hidden=100000000000",
+               "train.num_workers=100000", "targets.dim=1000000000",
+               "backbone.widths=[4,8,8,8,1000000000]", "head.hidden=[100000000000]",
+               "data.image_size=1000000", "data.num_train=1000000000000",
+               "train.weight_decay=1e300", "train.lr=1e300", "eval.mlp_weight_decay=[1e300]"]
+
+
+@pytest.mark.parametrize("edge", EDGE_VALUES)
+def test_values_at_the_edges_of_their_types_are_refused_before_training(natkit_host, tmp_path,
+                                                                        edge):
+    result = runner.invoke(app, ["run", "--out", str(tmp_path / "r"),
+                                 *tiny_args("train.epochs=1", edge)])
+    error = one_error(result)
+    assert error.startswith(f"error: {edge.split('=')[0]}: ") and "<=" in error
+    assert not (tmp_path / "r").exists()

@@ -35,10 +35,13 @@ from natkit.values import INT_LIMIT, Bounds, split_annotated
 runner = CliRunner()
 
 # Candidate values, as typed after --set key=  (YAML text).
-SCALARS = ["0", "-1", "1000000000000000000000000000000", "1.0e+30", "-1.0e+30", "2.5",
-           ".nan", ".inf", "-.inf", "abc", "true", "null", "{a: 1}", "[]", "[[1]]"]
-ELEMENTS = ["0", "-1", "1000000000000000000000000000000", "1.0e+30", "2.5", ".nan", ".inf",
-            "abc", "true", "null", "{a: 1}"]
+# The edges of the types too: 2**62 fits 64 bits and 1e300 a double, and neither may reach
+# an allocation or a float32 (each field's declared upper bound refuses them first).
+SCALARS = ["0", "-1", "1000000000000000000000000000000", "4611686018427387904", "1.0e+30",
+           "-1.0e+30", "1.0e+300", "2.5", ".nan", ".inf", "-.inf", "abc", "true", "null",
+           "{a: 1}", "[]", "[[1]]"]
+ELEMENTS = ["0", "-1", "1000000000000000000000000000000", "4611686018427387904", "1.0e+30",
+            "1.0e+300", "2.5", ".nan", ".inf", "abc", "true", "null", "{a: 1}"]
 
 NAME = object()  # the hint of a component section's 'name'
 MAPPING = object()  # the hint of a section that must be a mapping

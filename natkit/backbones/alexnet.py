@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from natkit.backbones.base import Backbone
+from natkit.values import MAX_WIDTH, Bounds
 
 PAPER_WIDTHS = (96, 256, 384, 384, 256)
 PAPER_FC = (4096, 4096)
@@ -114,7 +115,8 @@ class AlexNet(Backbone):
 
 
 def create(*, in_chans: int = 3, image_size: int = 224,
-           widths: tuple[int, ...] = PAPER_WIDTHS, fc: tuple[int, ...] = PAPER_FC,
+           widths: Annotated[tuple[int, ...], Bounds(ge=1, le=MAX_WIDTH, length=5)] = PAPER_WIDTHS,
+           fc: Annotated[tuple[int, ...], Bounds(ge=1, le=MAX_WIDTH)] = PAPER_FC,
            stem: Literal["auto", "imagenet", "small"] = "auto") -> AlexNet:
     """The paper's AlexNet with BatchNorm (widths and fc head configurable).
 

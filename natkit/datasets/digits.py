@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
 
 from natkit.datasets.base import TensorImageDataset, resize_square, stratified_split
+from natkit.values import Bounds
 
 
-def create(*, split: Literal["train", "test"] = "train", image_size: int = 32,
+def create(*, split: Literal["train", "test"] = "train",
+           image_size: Annotated[int, Bounds(ge=8, le=1024)] = 32,
            test_fraction: float = 0.25, seed: int = 0) -> TensorImageDataset:
     """scikit-learn's handwritten digits (1,797 images, 10 classes), grayscale, resized.
 

@@ -17,7 +17,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ from natkit.datasets.images import (
 )
 from natkit.datasets.index import IMAGE_EXTENSIONS, folder_index
 from natkit.errors import DataError
+from natkit.values import MAX_IMAGE_SIZE, Bounds
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "ImageReadWarning", "create", "load_image",
            "to_rgb_array"]
@@ -157,7 +158,8 @@ class ImageFolder(ImageDataset):
 
 
 def create(*, split: Literal["train", "test"] = "train", root: str = "data",
-           image_size: int = 224, test_fraction: float = 0.2, seed: int = 0,
+           image_size: Annotated[int, Bounds(ge=8, le=MAX_IMAGE_SIZE)] = 224,
+           test_fraction: float = 0.2, seed: int = 0,
            cache: bool | None = None, decode: Literal["cpu", "gpu"] = "cpu",
            index_cache: bool = True) -> ImageFolder:
     """Images in class folders (ImageNet layout), with train/test trees or a held-out fraction.

@@ -127,9 +127,9 @@ def generate(count: int, seed: int, split: str, size: int,
 
 
 def create(*, split: Literal["train", "test"] = "train",
-           image_size: Annotated[int, Bounds(ge=8)] = 32,
-           num_train: Annotated[int, Bounds(ge=1)] = 3000,
-           num_test: Annotated[int, Bounds(ge=1)] = 2000,
+           image_size: Annotated[int, Bounds(ge=8, le=1024)] = 32,
+           num_train: Annotated[int, Bounds(ge=1, le=1_000_000)] = 3000,
+           num_test: Annotated[int, Bounds(ge=1, le=1_000_000)] = 2000,
            background: Literal["flat", "texture"] = "flat",
            noise: Annotated[float, Bounds(ge=0.0)] = 0.03,
            scale: Annotated[tuple[float, float], Bounds(ge=0.05, le=0.9, ordered=True)] = (0.4, 0.75),

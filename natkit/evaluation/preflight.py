@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from natkit.errors import ConfigError
+from natkit.errors import ConfigError, clip
 from natkit.schema import Config
 
 
@@ -27,5 +27,5 @@ def check_evaluable(config: Config, dataset: Any, taps: Sequence[str]) -> None:
                           f"{classes} labelled class(es); the probes need at least 2 (add class "
                           f"folders, or set eval.enabled=false to train without evaluating)")
     if config.eval.layer not in taps:
-        raise ConfigError(f"eval.layer: '{config.eval.layer}' is not a tap of backbone "
+        raise ConfigError(f"eval.layer: '{clip(config.eval.layer)}' is not a tap of backbone "
                           f"'{config.backbone['name']}'; valid: {', '.join(taps)}")

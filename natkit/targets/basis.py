@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from natkit.targets.base import Targets
-from natkit.values import Bounds, OptionError
+from natkit.values import MAX_WIDTH, Bounds, OptionError
 
 
 class BasisTargets(Targets):
@@ -29,7 +29,8 @@ class BasisTargets(Targets):
         return {**super().options(), "k": self.k}
 
 
-def create(*, dim: Annotated[int, Bounds(ge=1)] = 128, k: Annotated[int | None, Bounds(ge=1)] = None,
+def create(*, dim: Annotated[int, Bounds(ge=1, le=MAX_WIDTH)] = 128,
+           k: Annotated[int | None, Bounds(ge=1)] = None,
            seed: Annotated[int | None, Bounds(ge=0)] = None) -> BasisTargets:
     """One-hot targets e_(id mod k) in R^dim (the paper's discrete ablation; k defaults to dim).
 

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from natkit.targets.base import Targets, hashed_normal
-from natkit.values import Bounds
+from natkit.values import MAX_WIDTH, Bounds
 
 
 class SphereTargets(Targets):
@@ -20,7 +20,7 @@ class SphereTargets(Targets):
         return F.normalize(hashed_normal(self.seed, ids, self.dim), dim=1)
 
 
-def create(*, dim: Annotated[int, Bounds(ge=1)] = 128,
+def create(*, dim: Annotated[int, Bounds(ge=1, le=MAX_WIDTH)] = 128,
            seed: Annotated[int | None, Bounds(ge=0)] = None) -> SphereTargets:
     """Uniform on the unit sphere (the paper's targets).
 
