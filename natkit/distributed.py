@@ -66,6 +66,11 @@ class Comm:
             raise RankError(f"rank {self.rank}: {what} failed: another rank stopped, died or "
                             f"timed out ({first.strip()[:160]})") from None
 
+    def guarded(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """``fn(*args, **kwargs)``; under torchrun, a failure of the collectives it runs inside
+        (DDP's all-reduce in ``backward``) becomes one RankError line naming ``what``."""
+        return self._call(what, fn, *args, **kwargs) if self.distributed else fn(*args, **kwargs)
+
     def all_gather(self, tensor: torch.Tensor, what: str) -> torch.Tensor:
         """Every rank's ``tensor`` (same shape on each), concatenated along dim 0 in rank order."""
         if not self.distributed:

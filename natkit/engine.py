@@ -150,7 +150,8 @@ class Run:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.zero_grad(set_to_none=True)
-        result.loss.backward()
+        self.comm.guarded("averaging the gradients (DDP's all-reduce in backward)",
+                          result.loss.backward)
         if self.method_modules is not None:  # outside DDP: average their gradients here
             self.comm.average_gradients(self.method_modules, "averaging the method's gradients")
         self.optimizer.step()

@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from natkit.checkpoint import load_checkpoint, read_metrics
+from natkit.rundir import RunLock
 from natkit.testing import TINY, assert_same_state
 
 # BatchNorm statistics are per rank on the CPU (PyTorch's SyncBatchNorm needs CUDA), so the
@@ -87,11 +88,19 @@ WORKER = textwrap.dedent('''
         def load_state_dict(self, state):
             self.labels, self.done = state["labels"], state["done"]
 
+    class Stall(Scaled):  # rank 1 stalls in its third step: rank 0 waits in backward
+        def loss(self, outputs, batch):
+            if os.environ["RANK"] == "1" and batch.step == 2:
+                import time
+                time.sleep(float(os.environ.get("STALL_S", "30")))
+            return super().loss(outputs, batch)
+
     class ScaledPlugin:
         @natkit.hookimpl
         def register_methods(self, register):
             register("scaled", Scaled)
             register("relabel", Relabel)
+            register("stall", Stall)
 
     class HookOutputs:  # a hook may not gather: it runs on rank 0 only
         @natkit.hookimpl
@@ -118,8 +127,8 @@ def sets(texts: list[str]) -> list[str]:
 def environment(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RANK", "WORLD_SIZE",
                                                                      "LOCAL_RANK", "MASTER_"))}
-    env.update(OMP_NUM_THREADS="1", NATKIT_DISABLE_PLUGIN_AUTOLOAD="1", COLUMNS="200",
-               NATKIT_DIST_TIMEOUT="60", **extra)
+    env.update({"OMP_NUM_THREADS": "1", "NATKIT_DISABLE_PLUGIN_AUTOLOAD": "1", "COLUMNS": "200",
+                "NATKIT_DIST_TIMEOUT": "60", **extra})
     return env
 
 
@@ -339,3 +348,34 @@ def test_a_run_that_cannot_be_split_over_the_ranks_is_refused(tiny_config, tmp_p
     # refused while the run is built, before any collective: no process group is needed
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         engine.Run(tiny_config(*overrides), tmp_path, comm=Comm(rank=0, world_size=2))
+
+
+def _natkit_frames(stderr: str) -> list[str]:
+    """Traceback lines that point into natkit (torchrun's launcher prints its own)."""
+    return [line for line in stderr.splitlines() if "/natkit/" in line and "File " in line]
+
+
+def test_a_rank_stalled_inside_backward_costs_one_line_not_a_traceback(tmp_path):
+    result = torchrun(tmp_path, "run", "--out", str(tmp_path / "run"),
+                      *sets([*SMALL, "method=stall", "eval.enabled=false", "train.epochs=1"]),
+                      NATKIT_DIST_TIMEOUT="5", STALL_S="20")
+    assert result.returncode != 0
+    assert ("error: rank 0: averaging the gradients (DDP's all-reduce in backward) failed: "
+            "another rank stopped, died or timed out") in result.stderr, result.stderr[-3000:]
+    assert _natkit_frames(result.stderr) == []
+
+
+def test_every_rank_says_one_line_when_the_run_directory_is_locked(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    lock = RunLock(run_dir)
+    lock.acquire()  # another natkit process trains there
+    try:
+        result = torchrun(tmp_path, "run", "--out", str(run_dir),
+                          *sets([*SMALL, "eval.enabled=false", "train.epochs=1"]))
+    finally:
+        lock.release()
+    assert result.returncode != 0
+    assert f"error: run directory '{run_dir}' is in use by natkit process" in result.stderr
+    assert "error: rank 1: writing config.yaml failed" in result.stderr
+    assert _natkit_frames(result.stderr) == []
