@@ -327,3 +327,16 @@ def test_values_at_the_edges_of_their_types_are_refused_before_training(natkit_h
     error = one_error(result)
     assert error.startswith(f"error: {edge.split('=')[0]}: ") and "<=" in error
     assert not (tmp_path / "r").exists()
+
+
+def test_natkit_eval_of_a_snapshot_that_does_not_fit_is_one_line_naming_the_key(natkit_host,
+                                                                               tmp_path):
+    run_dir = trained(tmp_path, "train.keep_every=1")
+    path = run_dir / "snapshots" / "epoch-0001.pt"
+    state = load_checkpoint(path)
+    name = next(k for k in state["model"] if k.endswith("weight") and state["model"][k].dim() > 1)
+    state["model"][name] = torch.zeros(2, 2)
+    save_checkpoint(state, path)
+    error = one_error(runner.invoke(app, ["eval", str(run_dir), "--checkpoint", "1"]))
+    assert error.startswith(f"error: checkpoint '{path}' does not fit the run's config: '{name}' "
+                            "has shape (2, 2); this config's network has (")
