@@ -15,7 +15,7 @@ from typing import Any, Literal
 import yaml
 
 from natkit.kinds import TABLE
-from natkit.values import MAX_WIDTH, Bounds
+from natkit.values import FLOAT32_SAFE, MAX_WIDTH, Bounds
 
 # config section -> registry kind, from the one table of kinds
 COMPONENT_SECTIONS: dict[str, str] = {kind.section: kind.name for kind in TABLE}
@@ -87,11 +87,9 @@ class TrainConfig:
     epochs: int = option(40, "training epochs", ge=1)
     batch_size: int = option(256, "images per batch (and the size of each assignment problem)",
                              ge=2)
-    lr: float = option(0.05, "base step size l0 (at most 10,000: float32 weights overflow "
-                             "long before)", gt=0.0, le=1e4)
+    lr: float = option(0.05, "base step size l0", gt=0.0, le=FLOAT32_SAFE)
     momentum: float = option(0.9, "SGD momentum (the paper: 0)", ge=0.0, lt=1.0)
-    weight_decay: float = option(5e-4, "L2 weight decay (at most 100: more zeroes every weight "
-                                       "at any usable lr)", ge=0.0, le=100.0)
+    weight_decay: float = option(5e-4, "L2 weight decay", ge=0.0, le=FLOAT32_SAFE)
     warmup_steps: int = option(50, "linear warm-up from 0 to lr over this many steps", ge=0)
     lr_t0: int = option(
         0, "steps at constant lr (after warm-up) before the decay l0 / (1 + gamma (t - t0))", ge=0)
@@ -139,7 +137,7 @@ class EvalConfig:
     mlp_hidden: int = option(512, "hidden width of the MLP probe (the paper: 4096)", ge=1,
                              le=MAX_WIDTH)
     mlp_weight_decay: list[float] = option([1e-5, 1e-3], "weight-decay grid of the MLP probe",
-                                           ge=0.0, le=100.0, min_len=1)
+                                           ge=0.0, le=FLOAT32_SAFE, min_len=1)
     mlp_epochs: int = option(60, "epochs of the MLP probe", ge=1)
     knn_k: list[int] = option([1, 5, 10, 20, 50], "neighbour counts tried by the kNN probe",
                               ge=1, min_len=1)
@@ -161,7 +159,7 @@ class EvalConfig:
     transfer_epochs: int = option(100, "epochs of the transfer probe (test.sh -maxepoch 100; "
                                        "test.lua's own default is 1)", ge=1)
     transfer_lr: float = option(0.1, "initial learning rate of the transfer probe (test.lua -lr)",
-                                gt=0.0, le=1e4)
+                                gt=0.0, le=FLOAT32_SAFE)
     transfer_momentum: float = option(
         0.9, "momentum of the transfer probe as optimutil.lua applies it: the step follows the "
              "average m = momentum m + (1 - momentum) g (test.lua -momentum)", ge=0.0, lt=1.0)

@@ -28,6 +28,8 @@ INT_LIMIT = 2**63 - 1
 # The widest layer, feature or target space natkit builds (the paper's widest is 4096): a
 # wider one is refused when the config is read, not by the allocator after training.
 MAX_WIDTH = 65536
+# Numbers that reach float32 arithmetic (step sizes, decays) stay below float32's 3.4e38.
+FLOAT32_SAFE = 1e30
 # The largest image side natkit decodes or generates (ImageNet's preset uses 256).
 MAX_IMAGE_SIZE = 4096
 
