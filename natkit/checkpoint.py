@@ -246,7 +246,12 @@ def restore_run_state(run: Checkpointable, state: dict[str, Any], path: Path,
     if state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"checkpoint '{path}' has format {state.get('format')!r}; "
                               f"this natkit reads format {CHECKPOINT_FORMAT}")
-    bad = _non_finite_entry({key: state.get(key) for key in ("model", "method_modules", "optimizer")})
+    try:
+        bad = _non_finite_entry({key: state.get(key)
+                                 for key in ("model", "method_modules", "optimizer")})
+    except RecursionError:  # a crafted file: a list that holds itself
+        raise CheckpointError(f"checkpoint '{path}' nests its state too deeply to be a "
+                              "natkit checkpoint") from None
     if bad is not None:
         raise CheckpointError(f"checkpoint '{path}' holds NaN or infinite values ({bad}); a run "
                               "cannot resume from it: resume from an earlier snapshot "

@@ -237,21 +237,6 @@ def _say(message: str) -> None:
     typer.echo(message, err=True)
 
 
-def _evaluate_kept(run_dir: Path, checkpoint: str) -> None:
-    """Evaluate one kept epoch (``--checkpoint EPOCH``) or every one (``--checkpoint all``)."""
-    from natkit.evaluation.snapshots import evaluate_curve, evaluate_snapshot
-    from natkit.lifecycle import holding
-
-    choice = checkpoint.strip().lower()
-    if choice != "all" and not choice.isdigit():
-        raise ConfigError(f"--checkpoint: expected an epoch number or 'all', got '{clip(checkpoint)}'")
-    with holding(run_dir):  # curve.json and the snapshot's results are written there
-        if choice == "all":
-            evaluate_curve(run_dir, console=out, progress=err)
-        else:
-            evaluate_snapshot(run_dir, int(choice), console=out, progress=err)
-
-
 @app.command("eval")
 @user_errors
 def eval_command(
@@ -268,12 +253,16 @@ def eval_command(
     from natkit.outputs import output_errors
 
     with output_errors("RUN_DIR", run_dir):
-        if checkpoint is None:
-            from natkit.lifecycle import evaluation
+        from natkit import lifecycle
 
-            evaluation(run_dir, console=out, progress=err)
-        else:
-            _evaluate_kept(run_dir, checkpoint)
+        if checkpoint is None:
+            lifecycle.evaluation(run_dir, console=out, progress=err)
+            return
+        choice = checkpoint.strip().lower()
+        if choice != "all" and not choice.isdigit():
+            raise ConfigError(f"--checkpoint: expected an epoch number or 'all', got "
+                              f"'{clip(checkpoint)}'")
+        lifecycle.snapshot_evaluation(run_dir, choice, console=out, progress=err)
 
 
 # ---------------------------------------------------------------- inspection

@@ -158,7 +158,7 @@ class Run:
         self.step += 1
         return result.loss.detach(), result.reassigned
 
-    def train(self) -> bool:
+    def train(self, *, release_lock: bool = True) -> bool:
         """Train to ``train.epochs``; returns False if interrupted (a checkpoint is saved)."""
         if self.comm.is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -179,7 +179,8 @@ class Run:
                         return False
             return True
         finally:
-            self.lock.release()
+            if release_lock:  # natkit.lifecycle keeps it to the end of the run's life
+                self.lock.release()
 
     def _train_epoch(self, metrics: MetricsLog, progress: TrainingProgress,
                      loader: BatchLoader) -> bool:

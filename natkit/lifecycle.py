@@ -156,7 +156,11 @@ def _reopen(run_dir: Path, saved: cfg.Config, changes: cfg.Config, lock: RunLock
     if state is not None:
         per_epoch = len(run.dataset) // changes.train.batch_size
         restore_run_state(run, state, path, per_epoch)
-        run.tally = EpochTally.fresh(run.device, **state.get("epoch_sums", {}))
+        try:
+            run.tally = EpochTally.fresh(run.device, **state.get("epoch_sums", {}))
+        except (TypeError, ValueError, RuntimeError):  # not the totals a checkpoint saves
+            raise CheckpointError(f"checkpoint '{path}' does not fit this run's config: its "
+                                  "epoch_sums are not an epoch's totals") from None
     if comm.is_main:
         truncate_metrics(run_dir / METRICS, run.step)
         if changed:
@@ -177,12 +181,13 @@ def execute(run: Run, *, evaluate: bool = True, console: Console | None = None,
     """
     comm = run.comm
     results: dict[str, Any] | None = None
-    run.hook.on_run_start(run=run.view())
     try:
+        run.hook.on_run_start(run=run.view())
         started, before = time.perf_counter(), _identity(run.checkpoint_path)
         retired: list[tuple[str, Path]] = []
         try:
-            finished = run.train()
+            # the lock stays held (rank 0) to the end of the run's life, evaluation included
+            finished = run.train(release_lock=False)
         except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, mid-step
             raise Interrupted(f"interrupted: training stopped at once; the last checkpoint saved "
                               f"is kept in {run.checkpoint_path}; resume with: natkit run "
@@ -201,33 +206,61 @@ def execute(run: Run, *, evaluate: bool = True, console: Console | None = None,
             comm.barrier("finishing training")
             distributed.shutdown(comm)
             if comm.is_main and evaluate and run.config.eval.enabled:
-                results = evaluation(run.dir, console=console, progress=progress)["results"]
+                results = evaluation(run.dir, console=console, progress=progress,
+                                     locked=True)["results"]
         return Outcome(run, finished, results, seconds, tuple(retired))
     finally:
-        run.hook.on_run_end(run=run.view(), results=results)
+        run.release_ranks()
+        try:
+            run.hook.on_run_end(run=run.view(), results=results)
+        finally:
+            run.lock.release()
 
 
 def evaluation(run_dir: Path, *, console: Console | None = None,
-               progress: Console | None = None) -> dict[str, Any]:
-    """Evaluate a run directory's checkpoint; Ctrl-C raises Interrupted saying what is kept.
+               progress: Console | None = None, locked: bool = False) -> dict[str, Any]:
+    """Evaluate a run directory's checkpoint; Ctrl-C or SIGTERM raises Interrupted saying what is kept.
 
-    The run's lock is held meanwhile: a run that is still training is refused (its
-    checkpoint would change under the evaluation), and it cannot start meanwhile.
+    The run's lock is held meanwhile (``locked``: the caller holds it already): a run
+    that is still training is refused, as its checkpoint would change under the
+    evaluation, and it cannot start meanwhile.
     """
     before = _identity(run_dir / RESULTS)
-    try:
-        with terminate_as_interrupt(), holding(run_dir):
-            return evaluate_run(run_dir, console=console, progress=progress)
-    except KeyboardInterrupt as stop:
+
+    def kept() -> str:
         after = _identity(run_dir / RESULTS)
         if after is None:
-            kept = f"{RESULTS} was not written"
-        elif after == before:
-            kept = f"the previous {RESULTS} is kept"
-        else:
-            kept = f"{RESULTS} was written just before"
-        interrupted = Interrupted(f"{_cause(stop)}: evaluation stopped; {run_dir / CHECKPOINT} is "
-                                  f"intact and {kept}; evaluate again with: natkit eval {run_dir}")
+            return f"{run_dir / CHECKPOINT} is intact and {RESULTS} was not written"
+        if after == before:
+            return f"{run_dir / CHECKPOINT} is intact and the previous {RESULTS} is kept"
+        return f"{run_dir / CHECKPOINT} is intact and {RESULTS} was written just before"
+
+    return _stoppable(run_dir, lambda: evaluate_run(run_dir, console=console, progress=progress),
+                      kept, f"natkit eval {run_dir}", locked=locked)
+
+
+def snapshot_evaluation(run_dir: Path, choice: str, *, console: Console | None = None,
+                        progress: Console | None = None) -> Any:
+    """Evaluate one kept snapshot (an epoch number) or all of them (``'all'``), the lock held."""
+    from natkit.evaluation.snapshots import evaluate_curve, evaluate_snapshot
+
+    if choice == "all":
+        work = lambda: evaluate_curve(run_dir, console=console, progress=progress)  # noqa: E731
+    else:
+        work = lambda: evaluate_snapshot(run_dir, int(choice), console=console,  # noqa: E731
+                                         progress=progress)
+    return _stoppable(run_dir, work, lambda: "the run's checkpoints are intact",
+                      f"natkit eval {run_dir} --checkpoint {choice}")
+
+
+def _stoppable(run_dir: Path, work: Any, kept: Any, again: str, *, locked: bool = False) -> Any:
+    """``work()`` under the run's lock; Ctrl-C or SIGTERM become one Interrupted line."""
+    try:
+        with terminate_as_interrupt(), contextlib.nullcontext() if locked else holding(run_dir):
+            return work()
+    except KeyboardInterrupt as stop:
+        interrupted = Interrupted(f"{_cause(stop)}: evaluation stopped; {kept()}; evaluate again "
+                                  f"with: {again}")
         interrupted.exit_code = 143 if isinstance(stop, Terminated) else 130
         raise interrupted from None
 

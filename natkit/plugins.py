@@ -140,9 +140,15 @@ class PluginHost:
         out; the commands of the others, and natkit's own, keep working.
         """
         for impl in self.pm.hook.register_commands.get_hookimpls():
+            before = list(cli.registered_commands)
             try:
                 impl.function(**{arg: cli for arg in impl.argnames})
+                taken = _reused_names(before, cli.registered_commands[len(before):])
+                if taken:
+                    raise PluginError(f"command '{taken[0]}' is taken; a plugin adds commands "
+                                      "of its own names")
             except Exception as exc:  # never fatal: report the plugin and go on
+                cli.registered_commands[:] = before  # all or nothing, as for components
                 info = self._info.get(impl.plugin_name, PluginInfo(impl.plugin_name,
                                                                    impl.plugin_name, ""))
                 self._fail(impl.plugin_name, info.distribution, info.version,
@@ -168,6 +174,17 @@ class PluginHost:
                            f"{type(exc).__name__}: {exc}{_where(exc)}")
                 return
         reg._entries = staged._entries
+
+
+def _command_name(info: Any) -> str:
+    """The name a typer command answers to (its function's name, dashed, unless given)."""
+    return info.name or info.callback.__name__.lower().replace("_", "-")
+
+
+def _reused_names(before: list[Any], added: list[Any]) -> list[str]:
+    """Names of the ``added`` typer commands that an earlier command already answers to."""
+    taken = {_command_name(info) for info in before}
+    return [name for name in map(_command_name, added) if name in taken]
 
 
 def _where(exc: BaseException) -> str:

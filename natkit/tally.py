@@ -50,10 +50,13 @@ class EpochTally:
     def summary(self, comm: Comm, *, epoch: int, step: int, batches: int, batch_size: int,
                 lr: float) -> dict[str, Any]:
         """The epoch's metrics.jsonl record; its mean loss is one host synchronisation."""
+        # read the loss first: it waits for the device's queued work, which the epoch's time
+        # must include
+        loss = float(comm.mean(self.loss, "averaging the epoch's loss")) / max(batches, 1)
         seconds = time.perf_counter() - self.started
         record = {
             "kind": "epoch", "epoch": epoch, "step": step,
-            "loss": float(comm.mean(self.loss, "averaging the epoch's loss")) / max(batches, 1),
+            "loss": loss,
             "changed": self.changed / self.reassigned if self.reassigned else None,
             "lr": lr, "seconds": seconds,
             "images_per_s": self.batches_here * batch_size / max(seconds, 1e-9),

@@ -20,6 +20,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 import natkit
+import natkit.plugins
 from natkit import lifecycle
 from natkit.checkpoint import load_checkpoint, save_checkpoint
 from natkit.cli import app
@@ -340,3 +341,101 @@ def test_natkit_eval_of_a_snapshot_that_does_not_fit_is_one_line_naming_the_key(
     error = one_error(runner.invoke(app, ["eval", str(run_dir), "--checkpoint", "1"]))
     assert error.startswith(f"error: checkpoint '{path}' does not fit the run's config: '{name}' "
                             "has shape (2, 2); this config's network has (")
+
+
+# ---------------------------------------------------------------- what a review found
+
+
+def test_a_checkpoint_whose_epoch_totals_are_not_totals_is_one_line(tiny_config, tmp_path):
+    from natkit.testing import StopAfter
+
+    natkit.get_host().register(StopAfter(3), name="stop")
+    try:
+        lifecycle.execute(lifecycle.start(tiny_config(), tmp_path / "run"), evaluate=False)
+    finally:
+        natkit.get_host().unregister("stop")
+    path = tmp_path / "run" / "checkpoint.pt"
+    state = load_checkpoint(path)
+    state["epoch_sums"] = {"bogus": 1}
+    save_checkpoint(state, path)
+    with pytest.raises(CheckpointError, match="its epoch_sums are not an epoch's totals"):
+        lifecycle.resume(tmp_path / "run")
+    assert not RunLock(tmp_path / "run").held
+
+
+def test_a_checkpoint_that_nests_itself_is_refused_in_one_line(tiny_config, tmp_path):
+    run = lifecycle.start(tiny_config("train.epochs=1"), tmp_path / "run")
+    assert lifecycle.execute(run, evaluate=False).finished
+    path = tmp_path / "run" / "checkpoint.pt"
+    state = load_checkpoint(path)
+    loop: list = []
+    loop.append(loop)
+    state["optimizer"]["state"] = {0: {"momentum_buffer": loop}}
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="nests its state too deeply"):
+        lifecycle.resume(tmp_path / "run")
+
+
+def test_a_crafted_index_cache_never_costs_a_traceback(tmp_path, monkeypatch):
+    from natkit.datasets.index import IndexCacheWarning, folder_index, index_path
+
+    monkeypatch.setenv("NATKIT_CACHE_DIR", str(tmp_path / "cache"))
+    root = _folder(tmp_path / "data").resolve()
+    _tamper(root, lambda data: data["dirs"].__setitem__("c0/\x00x", 1))
+    with pytest.warns(IndexCacheWarning):
+        assert not folder_index(root).cached
+    index_path(root).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.warns(IndexCacheWarning, match="unreadable"):
+        assert not folder_index(root).cached
+
+
+def test_a_file_name_with_a_backslash_keeps_its_cache(tmp_path, monkeypatch):
+    from natkit.datasets.index import folder_index
+
+    monkeypatch.setenv("NATKIT_CACHE_DIR", str(tmp_path / "cache"))
+    root = _folder(tmp_path / "data").resolve()
+    Image.new("RGB", (20, 14)).save(root / "c0" / "a\\b.png")
+    assert not folder_index(root).cached
+    assert folder_index(root).cached  # no warning, no rescan
+
+
+class TakesRun:
+    @natkit.hookimpl
+    def register_commands(self, cli):
+        @cli.command("run")
+        def hijack() -> None:
+            """Not natkit's run."""
+
+
+def test_a_plugin_cannot_replace_a_natkit_command(natkit_host):
+    import typer
+
+    cli = typer.Typer()
+
+    @cli.command()
+    def run() -> None:
+        """natkit's own run."""
+        print("natkit's run")
+
+    natkit_host.register(TakesRun(), name="takes-run")
+    with pytest.warns(natkit.plugins.PluginWarning, match=r"'takes-run' failed in its "
+                                                          r"register_commands hook: .*command "
+                                                          r"'run' is taken"):
+        natkit_host.add_commands(cli)
+    assert [info.callback.__name__ for info in cli.registered_commands] == ["run"]
+
+
+def test_ctrl_c_during_a_snapshot_evaluation_is_one_line(natkit_host, tmp_path, monkeypatch):
+    from natkit.evaluation import snapshots
+
+    run_dir = trained(tmp_path, "train.keep_every=1")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(snapshots, "evaluate", interrupted)
+    result = runner.invoke(app, ["eval", str(run_dir), "--checkpoint", "1"])
+    assert result.exit_code == 130 and "Traceback" not in result.output
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"interrupted: evaluation stopped; the run's checkpoints are intact; evaluate again "
+        f"with: natkit eval {run_dir} --checkpoint 1")

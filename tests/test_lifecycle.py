@@ -105,3 +105,40 @@ def test_a_run_whose_evaluation_could_not_run_is_refused_before_training(tiny_co
     with pytest.raises(ConfigError, match="eval.layer: 'conv9' is not a tap of backbone"):
         lifecycle.start(tiny_config("eval.layer=conv9"), tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+class FailingStart:
+    @natkit.hookimpl
+    def on_run_start(self, run):
+        raise RuntimeError("the logger could not open its file")
+
+
+def test_a_failing_start_hook_still_ends_the_run_and_frees_its_directory(tiny_config, tmp_path,
+                                                                         recorder, natkit_host):
+    natkit_host.register(FailingStart(), name="failing")
+    run = lifecycle.start(tiny_config(), tmp_path / "run")
+    with pytest.raises(RuntimeError, match="could not open"):
+        lifecycle.execute(run)
+    assert recorder.calls[-1] == ("end", None)
+    assert not run.lock.held
+    with lifecycle.holding(tmp_path / "run"):  # another process could take it now
+        pass
+
+
+def test_the_run_keeps_its_directory_locked_through_its_evaluation(tiny_config, tmp_path,
+                                                                   monkeypatch):
+    from natkit.rundir import RunLock
+
+    seen = []
+
+    def evaluate_run(run_dir, **kwargs):
+        other = RunLock(run_dir)
+        with pytest.raises(ConfigError, match="is in use by natkit process"):
+            other.acquire()
+        seen.append(run_dir)
+        return {"results": {}}
+
+    monkeypatch.setattr(lifecycle, "evaluate_run", evaluate_run)
+    run = lifecycle.start(tiny_config(), tmp_path / "run")
+    assert lifecycle.execute(run).finished and seen == [tmp_path / "run"]
+    assert not run.lock.held

@@ -83,7 +83,7 @@ def _key() -> dict[str, Any]:
 def _mtime(path: Path) -> int | None:
     try:
         return path.stat().st_mtime_ns
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a name with a NUL byte
         return None
 
 
@@ -126,7 +126,7 @@ def _read(path: Path, root: Path) -> FolderIndex | None:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         return None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         return _invalid(path, root, f"unreadable: {type(exc).__name__}")
     why = _problem(data, root)
     if why is not None:
@@ -147,7 +147,7 @@ def _invalid(path: Path, root: Path, why: str) -> None:
 
 def _relative(text: Any) -> bool:
     """A relative POSIX path inside the folder: no absolute path, no '..', no empty part."""
-    if not isinstance(text, str) or not text or text.startswith("/") or "\\" in text:
+    if not isinstance(text, str) or not text or text.startswith("/") or "\0" in text:
         return False
     return all(part not in ("", ".", "..") for part in text.split("/"))
 
