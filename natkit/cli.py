@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import os
+import sys
 import time
 import typing
 from collections.abc import Callable
@@ -43,8 +45,21 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
-out = Console()
-err = Console(stderr=True)
+# Output piped to a file or a cluster's log is not wrapped: a table keeps its rows on one line
+# and a printed command stays one line to copy.
+UNWRAPPED_WIDTH = 1000
+
+
+def console(*, stderr: bool = False) -> Console:
+    """A console that wraps at the terminal's width, and never when writing to a file or a pipe."""
+    stream = sys.stderr if stderr else sys.stdout
+    if stream.isatty() or os.environ.get("COLUMNS"):
+        return Console(stderr=stderr)
+    return Console(stderr=stderr, soft_wrap=True, width=UNWRAPPED_WIDTH)
+
+
+out = console()
+err = console(stderr=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -268,31 +283,45 @@ def eval_command(
 # ---------------------------------------------------------------- inspection
 
 
+PRESET_WORDS = ("presets", "preset")
+
+
 def registry_kind(text: str) -> str:
     """The registry kind of a `natkit list` argument, singular or plural, in any case."""
     kind = BY_WORD.get(text.strip().lower())
     if kind is None:
         raise UnknownComponentError(
-            f"unknown kind '{clip(text)}'{did_you_mean(text.strip().lower(), BY_WORD)}; valid: "
-            f"{', '.join(k.plural for k in TABLE)} (or the singular: "
-            f"{', '.join(k.aliases[0] if k.name == k.plural else k.name for k in TABLE)})")
+            f"unknown kind '{clip(text)}'"
+            f"{did_you_mean(text.strip().lower(), [*BY_WORD, *PRESET_WORDS])}; valid: "
+            f"{', '.join(k.plural for k in TABLE)}, presets (or the singular: "
+            f"{', '.join(k.aliases[0] if k.name == k.plural else k.name for k in TABLE)}, preset)")
     return kind.name
 
 
 @app.command("list")
 @user_errors
 def list_command(
-    kind: Annotated[str, typer.Argument(
+    kind: Annotated[str | None, typer.Argument(
         help="Which registry to list: methods, backbones, targets, solvers, preprocessors or "
-             "datasets (the singular works too, e.g. solver); or presets.")],
+             "datasets (the singular works too, e.g. solver); or presets. Without it: the "
+             "kinds, and how many of each are installed.")] = None,
     pattern: Annotated[str, typer.Argument(help="Glob on the names, e.g. 's*'.")] = "*",
 ) -> None:
     """List the registered components of one kind and the plugin each comes from (or the presets)."""
+    from natkit import presets
     from natkit.plugins import registry
 
-    if kind.strip().lower() in ("presets", "preset"):
-        from natkit import presets
-
+    if kind is None:
+        table = Table(title="natkit components")
+        table.add_column("kind", style="bold")
+        table.add_column("installed", justify="right")
+        table.add_column("list them with")
+        for k in TABLE:
+            table.add_row(k.plural, str(len(registry(k.name).names())), f"natkit list {k.plural}")
+        table.add_row("presets", str(len(presets.names())), "natkit list presets")
+        out.print(table)
+        return
+    if kind.strip().lower() in PRESET_WORDS:
         table = Table(title="natkit presets")
         table.add_column("name", style="bold")
         table.add_column("description")

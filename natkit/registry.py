@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import re
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,8 +51,10 @@ class Entry:
 
 
 def _first_line(obj: Any) -> str:
+    """A docstring's first line as plain text: reST roles and literal quotes removed."""
     doc = inspect.getdoc(obj) or ""
-    return doc.strip().splitlines()[0] if doc.strip() else ""
+    line = doc.strip().splitlines()[0] if doc.strip() else ""
+    return re.sub(r":[a-z:]+:`~?([^`]+)`", r"\1", line).replace("``", "")
 
 
 @dataclass

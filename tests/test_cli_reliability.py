@@ -230,8 +230,9 @@ def test_list_of_an_unknown_kind_suggests_the_closest(host, kind, suggestion):
         assert f"(did you mean '{suggestion}'?)" in error
     else:
         assert "did you mean" not in error
-    assert "valid: methods, backbones, targets, solvers, preprocessors, datasets" in error
-    assert "(or the singular: method, backbone, target, solver, preprocess, dataset)" in error
+    assert "valid: methods, backbones, targets, solvers, preprocessors, datasets, presets" in error
+    assert ("(or the singular: method, backbone, target, solver, preprocess, dataset, preset)"
+            in error)
 
 
 # ---------------------------------------------------------------- 4. stale results
