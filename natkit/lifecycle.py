@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from natkit.builders import read_run_config
 from natkit.checkpoint import CHECKPOINT, CONFIG, METRICS, RESULTS, load_checkpoint, restore_run_state
 from natkit.distributed import SINGLE, Comm
 from natkit.engine import Run
+from natkit.environment import ENVIRONMENT, describe
 from natkit.errors import CheckpointError, ConfigError, Interrupted
 from natkit.evaluation.outputs import retire_outputs
 from natkit.evaluation.preflight import check_evaluable
@@ -46,8 +48,8 @@ RESUMABLE_CHANGES = ("device", "world_size", "train.epochs", "train.num_workers"
                      "train.channels_last", "train.compile", "train.sync_bn")
 
 # What a run directory may hold when its life ends, in the order a person reads them.
-OUTPUTS = ("config.yaml", "metrics.jsonl", "checkpoint.pt", "results.json", "eval.json",
-           "loss.png", "filters.png", "neighbours.png", "snapshots/")
+OUTPUTS = ("config.yaml", "environment.json", "metrics.jsonl", "checkpoint.pt", "results.json",
+           "eval.json", "loss.png", "filters.png", "neighbours.png", "snapshots/")
 
 
 @dataclass(frozen=True)
@@ -85,6 +87,7 @@ def start(config: cfg.Config, run_dir: Path, *, console: Console | None = None,
     try:
         check_new_run_dir(run_dir)  # again under the lock: another start may have won the race
         files.write_text(run_dir / CONFIG, cfg.dump(config))
+        _record_environment(run)
     except BaseException:
         run.lock.release()
         raise
@@ -162,6 +165,7 @@ def _reopen(run_dir: Path, saved: cfg.Config, changes: cfg.Config, lock: RunLock
             raise CheckpointError(f"checkpoint '{path}' does not fit this run's config: its "
                                   "epoch_sums are not an epoch's totals") from None
     if comm.is_main:
+        _record_environment(run)
         truncate_metrics(run_dir / METRICS, run.step)
         if changed:
             files.write_text(run_dir / CONFIG, cfg.dump(changes))
@@ -279,6 +283,18 @@ def holding(run_dir: Path) -> Iterator[None]:
 
 def _cause(stop: KeyboardInterrupt) -> str:
     return "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+
+
+def _record_environment(run: Run) -> None:
+    """Add this start's (or resume's) software, hardware and git commit to environment.json."""
+    path = run.dir / ENVIRONMENT
+    try:
+        sessions = json.loads(path.read_text())["sessions"]
+        sessions = sessions if isinstance(sessions, list) else []
+    except (OSError, ValueError, KeyError, TypeError):
+        sessions = []  # none yet, or not ours: start the record again
+    entry = {**describe(run.device, run.comm.world_size), "epoch": run.epoch, "step": run.step}
+    files.write_json(path, {"sessions": [*sessions, entry]})
 
 
 def _announce(run: Run, retired: list[tuple[str, Path]], *, evaluating: bool) -> None:

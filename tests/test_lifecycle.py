@@ -52,8 +52,8 @@ def test_execute_trains_evaluates_and_fires_both_hooks_once(tiny_config, tmp_pat
     written = json.loads((tmp_path / "run" / "results.json").read_text())
     assert outcome.finished and outcome.results == written and set(written) == {"knn"}
     assert recorder.calls == [("start", (0, 0)), ("end", written)]
-    assert outcome.outputs == ["config.yaml", "metrics.jsonl", "checkpoint.pt", "results.json",
-                               "eval.json"]
+    assert outcome.outputs == ["config.yaml", "environment.json", "metrics.jsonl",
+                               "checkpoint.pt", "results.json", "eval.json"]
 
 
 def test_an_interrupted_run_ends_with_no_results_and_resumes_where_it_stopped(
@@ -142,3 +142,30 @@ def test_the_run_keeps_its_directory_locked_through_its_evaluation(tiny_config, 
     run = lifecycle.start(tiny_config(), tmp_path / "run")
     assert lifecycle.execute(run).finished and seen == [tmp_path / "run"]
     assert not run.lock.held
+
+
+def test_every_start_and_resume_records_its_environment(tiny_config, tmp_path, monkeypatch):
+    import subprocess
+
+    import torch
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for command in (["init", "-q"], ["-c", "user.email=a@b", "-c", "user.name=n", "commit", "-q",
+                                     "--allow-empty", "-m", "start"]):
+        subprocess.run(["git", *command], cwd=repo, check=True)
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True,
+                          text=True, check=True).stdout.strip()
+    monkeypatch.chdir(repo)  # the run starts inside a repository
+    run = lifecycle.start(tiny_config("train.epochs=1"), tmp_path / "run")
+    assert lifecycle.execute(run, evaluate=False).finished
+    monkeypatch.chdir(tmp_path)  # and resumes outside one
+    resumed = lifecycle.resume(tmp_path / "run", tiny_config("train.epochs=2"))
+    resumed.lock.release()
+    sessions = json.loads((tmp_path / "run" / "environment.json").read_text())["sessions"]
+    assert [(s["epoch"], s["git"]) for s in sessions] == [
+        (0, {"commit": head, "dirty": False, "root": str(repo.resolve())}), (1, None)]
+    first = sessions[0]
+    assert first["torch"] == torch.__version__ and first["natkit"] == natkit.__version__
+    assert first["device"] == "cpu" and first["world_size"] == 1 and first["platform"]
+    assert set(first) >= {"cuda", "cudnn", "devices", "python", "started"}
