@@ -181,7 +181,8 @@ def test_two_ranks_train_what_one_process_trains(tmp_path, reduction):
     assert saved["world_size"] == 2
     assert {r["world_size"] for r in read_metrics(tmp_path / "two" / "metrics.jsonl")} == {2}
     files = sorted(p.name for p in (tmp_path / "two").iterdir() if not p.name.startswith("."))
-    assert files == ["checkpoint.pt", "config.yaml", "metrics.jsonl"]  # by rank 0, once
+    # written by rank 0, once
+    assert files == ["checkpoint.pt", "config.yaml", "environment.json", "metrics.jsonl"]
 
 
 def test_a_checkpoint_moves_between_two_ranks_and_one_process(tmp_path):
