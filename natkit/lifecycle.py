@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,20 @@ from rich.console import Console
 from natkit import config as cfg
 from natkit import distributed, files
 from natkit.builders import read_run_config
-from natkit.checkpoint import CHECKPOINT, CONFIG, METRICS, RESULTS, load_checkpoint, restore_run_state
+from natkit.checkpoint import (
+    CHECKPOINT,
+    CONFIG,
+    METRICS,
+    RESULTS,
+    SNAPSHOTS,
+    load_checkpoint,
+    restore_run_state,
+)
 from natkit.distributed import SINGLE, Comm
 from natkit.engine import Run
 from natkit.environment import ENVIRONMENT, describe
 from natkit.errors import CheckpointError, ConfigError, Interrupted
+from natkit.evaluation.outputs import OUTPUTS as EVALUATION_OUTPUTS
 from natkit.evaluation.outputs import retire_outputs
 from natkit.evaluation.preflight import check_evaluable
 from natkit.evaluation.protocol import evaluate_run
@@ -48,8 +58,7 @@ RESUMABLE_CHANGES = ("device", "world_size", "train.epochs", "train.num_workers"
                      "train.channels_last", "train.compile", "train.sync_bn")
 
 # What a run directory may hold when its life ends, in the order a person reads them.
-OUTPUTS = ("config.yaml", "environment.json", "metrics.jsonl", "checkpoint.pt", "results.json",
-           "eval.json", "loss.png", "filters.png", "neighbours.png", "snapshots/")
+OUTPUTS = (CONFIG, ENVIRONMENT, METRICS, CHECKPOINT, *EVALUATION_OUTPUTS, f"{SNAPSHOTS}/")
 
 
 @dataclass(frozen=True)
@@ -239,8 +248,8 @@ def evaluation(run_dir: Path, *, console: Console | None = None,
             return f"{run_dir / CHECKPOINT} is intact and the previous {RESULTS} is kept"
         return f"{run_dir / CHECKPOINT} is intact and {RESULTS} was written just before"
 
-    return _stoppable(run_dir, lambda: evaluate_run(run_dir, console=console, progress=progress),
-                      kept, f"natkit eval {run_dir}", locked=locked)
+    work = functools.partial(evaluate_run, run_dir, console=console, progress=progress)
+    return _stoppable(run_dir, work, kept, f"natkit eval {run_dir}", locked=locked)
 
 
 def snapshot_evaluation(run_dir: Path, choice: str, *, console: Console | None = None,
@@ -248,16 +257,15 @@ def snapshot_evaluation(run_dir: Path, choice: str, *, console: Console | None =
     """Evaluate one kept snapshot (an epoch number) or all of them (``'all'``), the lock held."""
     from natkit.evaluation.snapshots import evaluate_curve, evaluate_snapshot
 
-    if choice == "all":
-        work = lambda: evaluate_curve(run_dir, console=console, progress=progress)  # noqa: E731
-    else:
-        work = lambda: evaluate_snapshot(run_dir, int(choice), console=console,  # noqa: E731
-                                         progress=progress)
-    return _stoppable(run_dir, work, lambda: "the run's checkpoints are intact",
+    work = (functools.partial(evaluate_curve, run_dir) if choice == "all"
+            else functools.partial(evaluate_snapshot, run_dir, int(choice)))
+    return _stoppable(run_dir, functools.partial(work, console=console, progress=progress),
+                      lambda: "the run's checkpoints are intact",
                       f"natkit eval {run_dir} --checkpoint {choice}")
 
 
-def _stoppable(run_dir: Path, work: Any, kept: Any, again: str, *, locked: bool = False) -> Any:
+def _stoppable(run_dir: Path, work: Callable[[], Any], kept: Callable[[], str], again: str, *,
+               locked: bool = False) -> Any:
     """``work()`` under the run's lock; Ctrl-C or SIGTERM become one Interrupted line."""
     try:
         with terminate_as_interrupt(), contextlib.nullcontext() if locked else holding(run_dir):

@@ -115,6 +115,11 @@ class PluginHost:
         warnings.warn(f"natkit plugin '{name}' {why}; continuing without it",
                       PluginWarning, stacklevel=3)
 
+    def _hook_failed(self, name: str, hook: str, exc: Exception) -> None:
+        info = self._info.get(name, PluginInfo(name, name, ""))
+        self._fail(name, info.distribution, info.version,
+                   f"failed in its {hook} hook: {type(exc).__name__}: {exc}{_where(exc)}")
+
     def plugins(self) -> list[PluginInfo]:
         """Every plugin natkit knows, loaded or failed, sorted with the built-ins first."""
         self.registries()  # registering can still fail a plugin
@@ -149,11 +154,7 @@ class PluginHost:
                                       "of its own names")
             except Exception as exc:  # never fatal: report the plugin and go on
                 cli.registered_commands[:] = before  # all or nothing, as for components
-                info = self._info.get(impl.plugin_name, PluginInfo(impl.plugin_name,
-                                                                   impl.plugin_name, ""))
-                self._fail(impl.plugin_name, info.distribution, info.version,
-                           f"failed in its register_commands hook: {type(exc).__name__}: "
-                           f"{exc}{_where(exc)}")
+                self._hook_failed(impl.plugin_name, "register_commands", exc)
 
     def _register_kind(self, name: str, reg: Registry) -> None:
         """Add one plugin's components of one kind, all or nothing: a failure adds none."""
@@ -168,10 +169,7 @@ class PluginHost:
             try:
                 impl.function(**{arg: register for arg in impl.argnames})
             except Exception as exc:  # never fatal: report the plugin and go on
-                info = self._info.get(name, PluginInfo(name, name, ""))
-                self._fail(name, info.distribution, info.version,
-                           f"failed in its {BY_NAME[reg.kind].hook} hook: "
-                           f"{type(exc).__name__}: {exc}{_where(exc)}")
+                self._hook_failed(name, BY_NAME[reg.kind].hook, exc)
                 return
         reg._entries = staged._entries
 

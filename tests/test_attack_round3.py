@@ -1,6 +1,10 @@
 """What the third outside attack found (issue 26): each case, and that it now holds.
 
-Every test here failed on the code the attack was run against.
+Each of the attack's cases has a test that failed on the code the attack was run
+against (SIGTERM during natkit eval is in test_cli_reliability.py, a stalled rank in
+test_distributed.py). A few tests beside them guard what a fix must not take away:
+an export may still write a new file into the run directory, a file name with a
+backslash keeps its index cache, results name the epoch they describe.
 """
 
 from __future__ import annotations
@@ -8,11 +12,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
-import signal
-import subprocess
-import sys
-import threading
 
 import pytest
 import torch
@@ -281,34 +280,6 @@ def test_the_stem_hint_never_suggests_the_stem_already_in_use(natkit_host, tmp_p
     assert "too small for the 'small' stem" in error and "use images of at least 15 px" in error
     assert "stem 'small' or" not in error
 
-
-def test_sigterm_during_natkit_eval_cleans_up_and_says_so(natkit_host, tmp_path):
-    run_dir = trained(tmp_path, "eval.mlp_epochs=100000")  # an MLP probe that runs for ever
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "natkit", "eval", str(run_dir)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = threading.Timer(120, proc.kill)
-    deadline.start()
-    seen, rest = [], ""
-    try:
-        for line in proc.stderr:
-            seen.append(line)
-            if line.startswith("evaluating: MLP probe (trained)"):
-                assert list(run_dir.glob(".eval-features-*")), "the features are on disk"
-                proc.send_signal(signal.SIGTERM)
-                break
-        rest = proc.stderr.read()
-        proc.wait(timeout=60)
-    finally:
-        deadline.cancel()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 143, (seen, rest)
-    assert "Traceback" not in rest
-    assert rest.strip().splitlines()[-1].startswith(
-        "terminated (SIGTERM): evaluation stopped; ")
-    assert not list(run_dir.glob(".eval-features-*")) and not (run_dir / "results.json").exists()
 
 
 # each of these passed the config's checks and then failed with a traceback (an allocation

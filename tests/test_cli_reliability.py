@@ -155,7 +155,11 @@ def test_ctrl_c_during_the_evaluation_of_a_run_says_no_results_were_written(host
     assert not (run_dir / "results.json").exists()
 
 
-def test_a_real_sigint_during_natkit_eval(host, tmp_path):
+# SIGTERM stops an evaluation as Ctrl-C does (before, it died silently and left the feature
+# files behind): the features are removed and one line says so
+@pytest.mark.parametrize("sent, code, cause", [(signal.SIGINT, 130, "interrupted"),
+                                               (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+def test_a_real_signal_during_natkit_eval(host, tmp_path, sent, code, cause):
     run_dir = trained(tmp_path, "eval.mlp_epochs=100000")  # an MLP probe that runs for ever
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "natkit", "eval", str(run_dir)], env=env,
@@ -167,7 +171,8 @@ def test_a_real_sigint_during_natkit_eval(host, tmp_path):
         for line in proc.stderr:
             seen.append(line)
             if line.startswith("evaluating: MLP probe (trained)"):
-                proc.send_signal(signal.SIGINT)
+                assert list(run_dir.glob(".eval-features-*")), "the features are on disk"
+                proc.send_signal(sent)
                 break
         rest = proc.stderr.read()
         proc.wait(timeout=60)
@@ -176,11 +181,12 @@ def test_a_real_sigint_during_natkit_eval(host, tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 130, (seen, rest)
+    assert proc.returncode == code, (seen, rest)
     assert "Traceback" not in rest
-    assert rest.strip().splitlines()[-1].startswith("interrupted: evaluation stopped; ")
+    assert rest.strip().splitlines()[-1].startswith(f"{cause}: evaluation stopped; ")
     assert "results.json was not written" in rest
     assert not (run_dir / "results.json").exists()
+    assert not list(run_dir.glob(".eval-features-*"))
 
 
 # ---------------------------------------------------------------- 2. non-finite checkpoints
