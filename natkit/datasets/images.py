@@ -92,15 +92,19 @@ def load_image(source: Path | BinaryIO, size: int, *, draft: bool = True) -> tor
         image = upright(image)
         # most photographs are RGB already: resized as they are, without a full-size copy
         rgb = image if image.mode == "RGB" else Image.fromarray(to_rgb_array(image))
-        w, h = rgb.size
-        side = min(w, h)
-        left, top = (w - side) / 2, (h - side) / 2
-        # the central square, resized (antialiased): the shorter side resized to `size` and
-        # centre-cropped, without resizing the pixels the crop throws away
-        square = rgb.resize((size, size), Image.Resampling.BILINEAR,
-                            box=(left, top, left + side, top + side))
+        square = centre_square(rgb, size)
     # transposed by numpy, one thread: torch's parallel copy stalls when cores are busy
     return torch.from_numpy(np.ascontiguousarray(np.asarray(square, dtype=np.uint8).transpose(2, 0, 1)))
+
+
+def centre_square(image: Image.Image, size: int) -> Image.Image:
+    """The image's shorter side resized to ``size`` and centre-cropped to ``size`` x ``size``."""
+    w, h = image.size
+    side = min(w, h)
+    left, top = (w - side) / 2, (h - side) / 2
+    # the central square, resized (antialiased), without resizing the pixels the crop throws away
+    return image.resize((size, size), Image.Resampling.BILINEAR,
+                        box=(left, top, left + side, top + side))
 
 
 def read_bytes(path: Path) -> torch.Tensor:
