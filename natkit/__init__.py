@@ -4,6 +4,8 @@
 kind in :mod:`natkit.kinds` (``create_method``, ``create_backbone``,
 ``create_targets``, ``create_solver``, ``create_preprocess``,
 ``create_dataset``); ``list_components(kind, pattern)`` lists their names.
+``wrap_dataset`` turns any dataset of ``(image, label)`` into natkit's form, and
+``load_pretrained`` rebuilds the RGB encoder ``natkit export`` wrote.
 """
 
 from __future__ import annotations
@@ -35,6 +37,18 @@ def list_components(kind: str, pattern: str = "*") -> list[str]:
     return registry(kind).names(pattern)
 
 
+# imported when first used: `import natkit` (every command line, every plugin) stays light
+_LAZY = {"load_pretrained": "natkit.pretrained", "wrap_dataset": "natkit.datasets.wrapped"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'natkit' has no attribute {name!r}")
+
+
 # create_method, create_backbone, ...: one per row of the table of kinds
 for _kind in TABLE:
     globals()[f"create_{_kind.name}"] = _creator(_kind)
@@ -47,4 +61,6 @@ __all__ = [
     "get_host",
     "hookimpl",
     "list_components",
+    "load_pretrained",
+    "wrap_dataset",
 ]

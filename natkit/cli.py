@@ -360,21 +360,35 @@ def export(
     run_dir: Annotated[Path, typer.Argument(help="A run directory made by natkit run.")],
     out_file: Annotated[Path, typer.Option("--out", "-o", help="Where to write the weights (.pt).")],
     force: Annotated[bool, typer.Option("--force", "-f",
-                                        help="Overwrite --out (and --out.json) if it exists.")]
+                                        help="Overwrite the export's files if they exist.")]
     = False,
+    batchnorm: Annotated[str, typer.Option(
+        help="BatchNorm statistics: recompute (over the training images, as the evaluation "
+             "probes) or running (the checkpoint's; needs no data).")] = "recompute",
+    device: Annotated[str, typer.Option(help="Where to recompute them: auto, cpu or cuda[:N].")]
+    = "auto",
 ) -> None:
-    """Export the trained backbone as a plain state_dict (no prefixes, no head).
+    """Export the trained backbone (a plain state_dict) and an RGB encoder (safetensors).
 
-    Writes --out and --out.json (how to rebuild the network) atomically; an
-    existing file is kept unless --force is given.
+    For --out model.pt it writes model.pt and model.pt.json (how to rebuild the
+    backbone), and model.rgb.safetensors and model.rgb.json: one module taking RGB
+    images with the preprocessing folded in, and its model card. All atomically;
+    existing files are kept unless --force is given.
     """
-    from natkit.export import export as export_backbone
+    from natkit.export import export as export_network
+    from natkit.export import export_files
 
-    info = export_backbone(run_dir, out_file, force=force)
-    err.print(f"wrote {out_file} ({info['backbone']}, {info['in_chans']} input channels) and "
-              f"{out_file}.json", highlight=False)
+    info = export_network(run_dir, out_file, force=force, batchnorm=batchnorm, device=device,
+                          console=err)
+    files = export_files(out_file)
+    err.print(f"wrote {files.weights} ({info['backbone']}, {info['in_chans']} input channels) "
+              f"and {files.info.name}", highlight=False, soft_wrap=True)
     err.print(f"load it with: {info['load_with'].replace('FILE', repr(str(out_file)))}",
-              highlight=False)
+              highlight=False, soft_wrap=True)
+    err.print(f"wrote {files.encoder} (RGB images in [0, 1]) and its model card "
+              f"{files.card.name}", highlight=False, soft_wrap=True)
+    err.print(f"load it with: natkit.load_pretrained({str(files.encoder)!r})", highlight=False,
+              soft_wrap=True)
 
 
 @app.command("config")

@@ -60,19 +60,23 @@ def output_errors(option: str, path: Path, *also: Path) -> Iterator[None]:
         raise OutputError(f"{option}: {exc}", option=option) from None
 
 
-def check_output_file(out: Path, force: bool, option: str = "--out") -> list[Path]:
-    """Refuse a directory, and an existing file unless ``force``; returns the export's two files."""
+def check_output_file(out: Path, force: bool, option: str = "--out",
+                      companions: dict[Path, str] | None = None) -> list[Path]:
+    """Refuse a directory, and an existing file unless ``force``; returns ``out``, its ``.json``
+    description and the ``companions`` (each path with what it is, for the message)."""
     out = Path(out)
-    files = [out, out.with_name(out.name + ".json")]
-    with output_errors(option, out, files[1]):
+    described = {out: "", out.with_name(out.name + ".json"):
+                 " (the description written beside the weights)"}
+    described.update({Path(path): f" ({what})" for path, what in (companions or {}).items()})
+    files = list(described)
+    with output_errors(option, *files):
         if out.is_dir():
             raise OutputError(f"{option}: '{out}' is a directory; give the file to write, "
                               f"e.g. {out / 'backbone.pt'}", option=option)
-        for i, path in enumerate(files):
+        for path, what in described.items():
             if path.is_dir():
                 raise OutputError(f"{option}: '{path}' is a directory", option=option)
             if not force and (path.exists() or path.is_symlink()):
-                what = "" if i == 0 else " (the description written beside the weights)"
                 raise OutputError(f"{option}: '{path}' already exists{what}; use --force to "
                                   "overwrite it", option=option)
     return files

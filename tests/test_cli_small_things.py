@@ -50,4 +50,5 @@ def test_output_to_a_pipe_is_not_wrapped(natkit_host, tmp_path):
                            str(out)], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     loads = [line for line in done.stderr.splitlines() if line.startswith("load it with: ")]
-    assert len(loads) == 1 and loads[0].endswith("weights_only=True))"), done.stderr
+    assert len(loads) == 2, done.stderr  # the backbone's recipe and the RGB encoder's, unbroken
+    assert loads[0].endswith("weights_only=True))") and loads[1].endswith(".rgb.safetensors')")
