@@ -9,8 +9,8 @@ from rich.table import Table
 
 def results_table(results: dict[str, dict[str, float]], details: dict[str, Any]) -> Table:
     """A rich table of test accuracies: trained, random init and the difference."""
-    table = Table(title=f"test accuracy, frozen '{details['layer']}' features "
-                        f"({details['feature_dim']} dims)")
+    title = f"test accuracy, frozen '{details['layer']}' features ({details['feature_dim']} dims)"
+    table = Table(title=title, min_width=len(title))  # rich wraps a title wider than its table
     table.add_column("probe")
     table.add_column("trained", justify="right")
     table.add_column("random init", justify="right")
@@ -26,7 +26,8 @@ def results_table(results: dict[str, dict[str, float]], details: dict[str, Any])
 def curve_table(curve: dict[int, dict[str, float]]) -> Table:
     """A rich table of test accuracy per probe against epochs."""
     probes = sorted({p for accs in curve.values() for p in accs})
-    table = Table(title="test accuracy against epochs (0: random init)")
+    title = "test accuracy against epochs (0: random init)"
+    table = Table(title=title, min_width=len(title))
     table.add_column("epoch", justify="right")
     for probe in probes:
         table.add_column(probe, justify="right")
