@@ -1,4 +1,4 @@
-"""Why NAT's features lose to random init on the kNN probe (issue 13, item 3).
+"""Why NAT's features lose to random init on the kNN probe at the tiny scale.
 
 On the tiny default (benchmarks/tables.py SCALES['tiny']) NAT beats its random init on the
 linear probe but not on the kNN probe. This script re-probes the trained checkpoints of the
@@ -255,7 +255,7 @@ def _chosen(settings: list[dict[str, Any]]) -> str:
 
 
 def render(measured: dict[str, dict[str, Any]]) -> str:
-    lines = ["# The kNN gap: NAT against random init on the kNN probe (issue 13, item 3)", "",
+    lines = ["# The kNN gap: NAT against random init on the kNN probe", "",
              "Written by `python -m benchmarks.knn_gap` from the trained checkpoints (no "
              "retraining). Each row changes one thing of the kNN probe and applies it to the "
              "trained network and to the same network at random initialisation (BatchNorm "

@@ -206,12 +206,16 @@ class Finding:
     @property
     def against_paper(self) -> str:
         """What the verdict means for the paper's claim: reproduced, contradicted, not shown..."""
+        if not self.claim.paper:
+            return "no claim in the paper"
         if self.verdict in ("not measured", "too few seeds to tell"):
             return "not shown"
         if self.claim.kind == "on_par":
-            return "reproduced" if self.verdict == "on par" else "not reproduced: they differ"
-        return {"better": "reproduced", "worse": "contradicted"}.get(
-            self.verdict, "not reproduced: on par")
+            meaning = "reproduced" if self.verdict == "on par" else "not reproduced: they differ"
+        else:
+            meaning = {"better": "reproduced", "worse": "contradicted"}.get(
+                self.verdict, "not reproduced: on par")
+        return f"{meaning} ({self.claim.caveat})" if self.claim.caveat else meaning
 
 
 def claim_values(table: Table, claim: Claim, metric: str, measurements: list[Measurement]
