@@ -6,18 +6,24 @@ kind in :mod:`natkit.kinds` (``create_method``, ``create_backbone``,
 ``create_dataset``); ``list_components(kind, pattern)`` lists their names.
 ``wrap_dataset`` turns any dataset of ``(image, label)`` into natkit's form, and
 ``load_pretrained`` rebuilds the RGB encoder ``natkit export`` wrote.
+``NATObjective`` is NAT's loss for a training loop of one's own.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from natkit.errors import NatkitError
 from natkit.hookspecs import hookimpl
 from natkit.kinds import TABLE, Kind
 from natkit.plugins import get_host, registry
 from natkit.version import __version__
+
+if TYPE_CHECKING:  # the lazy names below, for type checkers
+    from natkit.datasets.wrapped import wrap_dataset
+    from natkit.objective import NATObjective
+    from natkit.pretrained import load_pretrained
 
 
 def _creator(kind: Kind) -> Callable[..., Any]:
@@ -38,7 +44,8 @@ def list_components(kind: str, pattern: str = "*") -> list[str]:
 
 
 # imported when first used: `import natkit` (every command line, every plugin) stays light
-_LAZY = {"load_pretrained": "natkit.pretrained", "wrap_dataset": "natkit.datasets.wrapped"}
+_LAZY = {"load_pretrained": "natkit.pretrained", "wrap_dataset": "natkit.datasets.wrapped",
+         "NATObjective": "natkit.objective"}
 
 
 def __getattr__(name: str) -> Any:
@@ -55,6 +62,7 @@ for _kind in TABLE:
 del _kind
 
 __all__ = [
+    "NATObjective",
     "NatkitError",
     "__version__",
     *(f"create_{kind.name}" for kind in TABLE),

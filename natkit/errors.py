@@ -50,6 +50,10 @@ class Interrupted(NatkitError):
     prefix = ""  # the line starts with "interrupted:", not "error:"
 
 
+class InputError(NatkitError, ValueError):
+    """Tensors given to a natkit function that do not fit it (e.g. NATObjective's features)."""
+
+
 class SolverError(NatkitError):
     """An assignment solver returned something that is not a permutation of its batch."""
 
