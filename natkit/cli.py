@@ -365,30 +365,20 @@ def export(
     batchnorm: Annotated[str, typer.Option(
         help="BatchNorm statistics: recompute (over the training images, as the evaluation "
              "probes) or running (the checkpoint's; needs no data).")] = "recompute",
-    device: Annotated[str, typer.Option(help="Where to recompute them: auto, cpu or cuda[:N].")]
-    = "auto",
+    device: Annotated[str, typer.Option(help="Where to recompute them: auto, cpu, cuda:N.")] = "auto",
 ) -> None:
     """Export the trained backbone (a plain state_dict) and an RGB encoder (safetensors).
 
-    For --out model.pt it writes model.pt and model.pt.json (how to rebuild the
-    backbone), and model.rgb.safetensors and model.rgb.json: one module taking RGB
-    images with the preprocessing folded in, and its model card. All atomically;
-    existing files are kept unless --force is given.
+    --out model.pt writes model.pt, model.pt.json (how to rebuild the backbone),
+    model.rgb.safetensors (RGB images in, the preprocessing folded in) and its model card
+    model.rgb.json, atomically; existing files are kept unless --force is given.
     """
-    from natkit.export import export as export_network
-    from natkit.export import export_files
+    from natkit import export as exporting
 
-    info = export_network(run_dir, out_file, force=force, batchnorm=batchnorm, device=device,
-                          console=err)
-    files = export_files(out_file)
-    err.print(f"wrote {files.weights} ({info['backbone']}, {info['in_chans']} input channels) "
-              f"and {files.info.name}", highlight=False, soft_wrap=True)
-    err.print(f"load it with: {info['load_with'].replace('FILE', repr(str(out_file)))}",
-              highlight=False, soft_wrap=True)
-    err.print(f"wrote {files.encoder} (RGB images in [0, 1]) and its model card "
-              f"{files.card.name}", highlight=False, soft_wrap=True)
-    err.print(f"load it with: natkit.load_pretrained({str(files.encoder)!r})", highlight=False,
-              soft_wrap=True)
+    info = exporting.export(run_dir, out_file, force=force, batchnorm=batchnorm, device=device,
+                            console=err)
+    for line in exporting.summary(out_file, info):
+        err.print(line, highlight=False, soft_wrap=True)
 
 
 @app.command("config")

@@ -204,6 +204,16 @@ def export(run_dir: Path, out: Path, *, force: bool = False, batchnorm: str = "r
     return info
 
 
+def summary(out: Path, info: dict[str, Any]) -> list[str]:
+    """What an export to ``out`` wrote and how to load each form: lines for the user."""
+    files = export_files(Path(out))
+    return [f"wrote {files.weights} ({info['backbone']}, {info['in_chans']} input channels) "
+            f"and {files.info.name}",
+            f"load it with: {info['load_with'].replace('FILE', repr(str(files.weights)))}",
+            f"wrote {files.encoder} (RGB images in [0, 1]) and its model card {files.card.name}",
+            f"load it with: natkit.load_pretrained({str(files.encoder)!r})"]
+
+
 def _json_bytes(data: dict[str, Any]) -> bytes:
     return (json.dumps(data, indent=2) + "\n").encode()
 
