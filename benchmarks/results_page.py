@@ -92,9 +92,15 @@ def replace_speed_section(results: str, section: str) -> str:
 def replace_table_section(results: str, title: str, section: str) -> str:
     """RESULTS.md text with one table's section (heading to figure) replaced by ``section``.
 
-    A table not there yet goes before the speed section (or at the end).
+    A table is found by its title, or, renamed since, by its figure (``results/<scale>/<key>.png``,
+    which a title change leaves alone); one not there yet goes before the speed section (or
+    at the end).
     """
     start = results.find(f"### {title}\n")
+    figure = re.search(r"^!\[[^\]]*\]\(([^)]+)\)$", section, flags=re.M)
+    if start < 0 and figure and (at := results.find(f"]({figure[1]})")) >= 0:
+        heading = results.rfind("\n### ", 0, at)
+        start = heading + 1 if heading >= 0 else -1
     if start < 0:
         before = results.find(SPEED_HEADING)
         if before < 0:

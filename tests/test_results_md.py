@@ -61,3 +61,20 @@ def test_a_comparison_that_is_not_the_paper_s_says_nothing_about_the_paper():
     assert all(not r["the paper's claim"].startswith(("reproduced", "not reproduced",
                                                       "contradicted"))
                for r in beyond)
+
+
+def test_a_renamed_table_replaces_its_section_instead_of_adding_one():
+    from benchmarks.results_page import replace_table_section
+
+    page = ("# results\n\n### Old title (NAT, transfer)\n\nold rows\n\n"
+            "![Old title](results/tiny/targets.png)\n\n### Speed: the assignment solvers and "
+            "the cost of NAT\n\nspeed\n")
+    section = "### New title (NAT)\n\nnew rows\n\n![New title](results/tiny/targets.png)\n"
+    out = replace_table_section(page, "New title (NAT)", section)
+    assert "Old title" not in out and "old rows" not in out
+    assert out.count("results/tiny/targets.png") == 1 and "new rows" in out
+    assert out.index("new rows") < out.index("### Speed")
+    # a table that is not on the page yet still goes before the speed section
+    other = "### Solver\n\nrows\n\n![Solver](results/tiny/solver.png)\n"
+    added = replace_table_section(out, "Solver", other)
+    assert added.index("### Solver") < added.index("### Speed") and "new rows" in added
