@@ -46,8 +46,8 @@ step paper-b256-memory 90 "${smoke[@]}" --steps 14 --warmup 4 --batch-size 256 -
 step paper-b32-memory 60 "${smoke[@]}" --steps 60 --warmup 10 --batch-size 32 --workers 0 \
     --set data.cache=true --out "$out/b32-memory"
 
-step loader 160 python3 -m benchmarks.loader --workers 0 4 16 --passes 1 --imagenet 512 \
-    --large 64 --out "$out"
+step loader 200 python3 -m benchmarks.loader --workers 0 4 16 --imagenet 512 \
+    --large 0 --out "$out"  # the ~3000x2000 folder would take minutes at 0 workers
 
 # at most a handful of files: the machine, the smoke runs in one JSON, the loader, all logs
 cp "$out/machine.txt" "$final/"

@@ -193,9 +193,27 @@ def test_the_gpu_decode_path_matches_the_cpu_one_on_the_cpu(host, tmp_path, monk
 
 def test_the_loader_benchmark_runs_and_reports_both_loaders(tmp_path, monkeypatch):
     monkeypatch.setitem(bench.FOLDERS, "imagenet", (64, 48))
-    result = bench.loader_speed([0], {"imagenet": 24}, batch_size=8, passes=1, size=32,
-                          device=torch.device("cpu"))
+    result = bench.loader_speed([0, 2], {"imagenet": 24}, batch_size=8, passes=1, size=32,
+                                device=torch.device("cpu"), per_worker=3)
     assert {r.loader for r in result.rows} == {"natkit", "torchvision"}
     assert all(r.median_images_per_s > 0 for r in result.rows)
+    # steady state: 3 timed batches per worker, as many with 0 workers as with 1
+    assert {(r.workers, r.timed_batches) for r in result.rows} == {(0, 3), (2, 6)}
+    assert set(result.one_core["imagenet"]) == {"natkit", "torchvision"}
+    for r in result.rows:
+        one_core = result.one_core["imagenet"][r.loader]
+        assert r.efficiency == pytest.approx(r.median_images_per_s / (max(r.workers, 1) * one_core))
     text = bench.loader_markdown(result)
     assert "| imagenet (24 of ~64x48) | 0 |" in text and "natkit / torchvision" in text
+    assert "natkit efficiency | torchvision efficiency |" in text and "One-core rates:" in text
+
+
+def test_a_benchmark_stream_is_shuffled_passes_back_to_back():
+    rows = bench.stream_rows(10, 4, 5, seed=1)  # 2 batches a pass (2 images left out each)
+    assert rows.shape == (5, 4)
+    for first in (0, 2):
+        one_pass = rows[first:first + 2].flatten()
+        assert len(set(one_pass.tolist())) == 8 and one_pass.max() < 10
+    assert not torch.equal(rows[0:2], rows[2:4])  # each pass shuffled afresh
+    assert bench.timed_batches(0, 20) == bench.timed_batches(1, 20) == 20
+    assert bench.timed_batches(16, 20) == 320 and bench.warmup_batches(16) == 32
