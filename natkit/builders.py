@@ -18,6 +18,7 @@ from natkit import config as cfg
 from natkit.checkpoint import CONFIG
 from natkit.distributed import SINGLE, Comm
 from natkit.errors import CheckpointError, ConfigError, DataError, clip
+from natkit.ghostbn import ghost_batchnorm
 from natkit.methods import Method, MethodContext
 from natkit.model import Network, ProjectionHead
 from natkit.plugins import registry
@@ -86,11 +87,14 @@ def training_network(config: cfg.Config, network: Network, device: torch.device,
     The wrapped and compiled callables share the module's parameters, so
     checkpoints keep the plain module's keys.
     """
-    sync_bn = config.train.sync_bn
+    sync_bn, bn_batch = config.train.sync_bn, config.train.bn_batch
+    check_bn_batch(config, comm)
     if comm.distributed and sync_bn and device.type != "cuda":
         raise ConfigError("train.sync_bn: PyTorch's SyncBatchNorm needs CUDA; on the CPU "
                           "set it to false or null (BatchNorm statistics per rank)")
-    if comm.distributed and (sync_bn or (sync_bn is None and device.type == "cuda")):
+    if bn_batch is not None:  # per rank, in groups: the authors' DataParallelTable
+        network = ghost_batchnorm(network, bn_batch)
+    elif comm.distributed and (sync_bn or (sync_bn is None and device.type == "cuda")):
         network = torch.nn.SyncBatchNorm.convert_sync_batchnorm(network)
     network.to(device).to(memory_format=memory_format(config))
     forward: Any = network
@@ -100,6 +104,28 @@ def training_network(config: cfg.Config, network: Network, device: torch.device,
     if config.train.compile:
         forward = torch.compile(forward)
     return network, forward
+
+
+def check_bn_batch(config: cfg.Config, comm: Comm = SINGLE) -> None:
+    """Refuse a ``train.bn_batch`` that SyncBatchNorm would undo or a rank's batch cannot hold.
+
+    Each rank normalises its own share of the batch in groups of ``bn_batch``; a rank
+    holding fewer images than ``bn_batch`` (of a batch that has that many) would
+    normalise fewer than asked, so it is refused rather than quietly changed.
+    """
+    t = config.train
+    if t.bn_batch is None:
+        return
+    if comm.distributed and t.sync_bn:
+        raise ConfigError(f"train.sync_bn: SyncBatchNorm pools each BatchNorm's statistics over "
+                          f"every rank, train.bn_batch={t.bn_batch} splits them; set sync_bn to "
+                          "false (or null) with bn_batch, or bn_batch to null")
+    share = t.batch_size // comm.world_size
+    if share < min(t.bn_batch, t.batch_size):
+        raise ConfigError(f"train.bn_batch: {t.bn_batch} images per BatchNorm statistic, but each "
+                          f"of the {comm.world_size} ranks holds {share} of the batch of "
+                          f"{t.batch_size}; use at most {max(1, t.batch_size // t.bn_batch)} "
+                          f"rank(s), or set train.bn_batch to {share} or less (or null)")
 
 
 def memory_format(config: cfg.Config) -> torch.memory_format:
@@ -160,7 +186,7 @@ def build_network(config: cfg.Config, dataset: Any, method: Method) -> Network:
     hidden = config.head.hidden if config.head.hidden is not None else backbone.default_head
     head = ProjectionHead(backbone.num_features, hidden, method.head_dim,
                           config.head.dropout, config.head.batchnorm,
-                          config.head.dropout_where)
+                          config.head.dropout_where, config.head.init)
     return Network(preprocess, backbone, head, method.normalize,
                    input_size=config.augment.crop_size)
 

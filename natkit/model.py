@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from natkit.augment import center_crop
+from natkit.weightinit import initialise_
 
 DROPOUT_PLACES = ("before_each", "between")
 
@@ -20,12 +21,14 @@ class ProjectionHead(nn.Sequential):
     Each hidden layer is Linear -> BatchNorm -> ReLU, the last layer a plain Linear.
     Dropout goes ``before_each`` hidden layer (torchvision's AlexNet: on the conv
     features too) or only ``between`` hidden layers (the authors' alexnet.lua: once,
-    after fc6's ReLU).
+    after fc6's ReLU). ``init`` ``default`` keeps PyTorch's initialisation (BatchNorm
+    weights 1); ``torch7`` re-draws every layer as the authors' Lua code got it
+    (:func:`natkit.weightinit.torch7_init_`: BatchNorm weights U(0, 1)).
     """
 
     def __init__(self, in_features: int, hidden: Sequence[int], out_features: int,
                  dropout: float = 0.5, batchnorm: bool = True,
-                 dropout_where: str = "before_each") -> None:
+                 dropout_where: str = "before_each", init: str = "default") -> None:
         if dropout_where not in DROPOUT_PLACES:
             raise ValueError(f"dropout_where must be one of {', '.join(DROPOUT_PLACES)}, "
                              f"got '{dropout_where}'")
@@ -41,6 +44,7 @@ class ProjectionHead(nn.Sequential):
             width = h
         layers.append(nn.Linear(width, out_features))
         super().__init__(*layers)
+        initialise_(self, init)
 
 
 class CentreCrop:

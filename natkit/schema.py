@@ -59,6 +59,10 @@ class HeadConfig:
                        "AlexNet); between: only between hidden layers, i.e. once after fc6 "
                        "(the authors' alexnet.lua)")
     batchnorm: bool = option(True, "BatchNorm after each hidden fc layer (the authors' code)")
+    init: Literal["default", "torch7"] = option(
+        "default", "initialisation of the head's layers: default (PyTorch's: Linear weights and "
+                   "biases U(+-1/sqrt(fan_in)), BatchNorm weights 1) or torch7 (the authors' Lua "
+                   "defaults: the same Linear draws, BatchNorm weights U(0, 1))")
 
 
 @dataclass
@@ -107,7 +111,13 @@ class TrainConfig:
     sync_bn: bool | None = option(
         None, "under torchrun, BatchNorm statistics over the global batch (SyncBatchNorm), as in "
               "one process; false: per rank; null: on CUDA yes, on the CPU no (PyTorch's "
-              "SyncBatchNorm needs CUDA)")
+              "SyncBatchNorm needs CUDA), and no when bn_batch is set")
+    bn_batch: int | None = option(
+        None, "images per BatchNorm statistic in training: each rank's batch is normalised in "
+              "groups of this many (ghost BatchNorm; the first group moves the running "
+              "statistics), as the authors' two GPUs under DataParallelTable normalised 128 each "
+              "of 256; null: the whole batch of each rank (or the global batch, see sync_bn)",
+        ge=2)
     checkpoint_every: int = option(1, "write checkpoint.pt every this many epochs", ge=1)
     keep_every: int = option(
         0, "also keep a snapshot every this many epochs (snapshots/epoch-NNNN.pt), for "
@@ -177,6 +187,16 @@ class EvalConfig:
                                           "MLP (test.lua -dropout)", ge=0.0, lt=1.0)
     transfer_hidden: int = option(4096, "hidden width of the transfer MLP (alexnet-specs.lua: "
                                         "4096)", ge=1, le=MAX_WIDTH)
+    transfer_init: Literal["default", "torch7"] = option(
+        "default", "initialisation of the transfer MLP: default (PyTorch's: Linear weights and "
+                   "biases U(+-1/sqrt(fan_in)), BatchNorm weights 1) or torch7 (the authors' Lua "
+                   "defaults, test.lua's arch.train: the same Linear draws, BatchNorm weights "
+                   "U(0, 1))")
+    transfer_crop_norm: Literal["each", "joint"] = option(
+        "each", "where the preprocessor standardises each image (preprocess.normalize), how the "
+                "transfer probe's test crops are standardised: each crop alone, or the crops of "
+                "an image together, one mean and std over all their values (imagenet.lua: "
+                "transform.merge of the ten crops, then transform.normalize)")
     transfer_crops: Literal[1, 10] = option(
         10, "test crops per image of the transfer probe: 10 (centre and 4 corners, and the same "
             "of the mirror image, outputs summed; test.lua) or 1 (the centre, -testsinglecrop 1)")

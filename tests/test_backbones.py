@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 
 import pytest
 import torch
@@ -88,3 +89,38 @@ def test_timm_transformers_get_the_image_size(host):
 def test_unknown_timm_model_suggests_the_closest(host):
     with pytest.raises(UnknownComponentError, match="did you mean 'resnet18'"):
         natkit.create_backbone("timm:resnet181", in_chans=3, image_size=64)
+
+
+def test_alexnet_torch7_init_draws_as_torch7s_reset(host):
+    """nn.SpatialConvolution:reset(): U(+-1/sqrt(kW kH nInputPlane)); BatchNormalization: U(0, 1), 0."""
+    torch.manual_seed(0)
+    net = natkit.create_backbone("alexnet", in_chans=2, image_size=224, init="torch7")
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert [c.weight.shape[1] * c.weight.shape[2] * c.weight.shape[3] for c in convs] == [
+        2 * 11 * 11, 96 * 5 * 5, 256 * 3 * 3, 384 * 3 * 3, 384 * 3 * 3]
+    for conv in convs:
+        w, bound = conv.weight.detach(), 1 / math.sqrt(conv.weight[0].numel())
+        assert w.abs().max() <= bound and w.abs().max() > 0.99 * bound
+        assert float(w.std()) == pytest.approx(bound / math.sqrt(3), rel=0.03)  # uniform, not normal
+    for bn in bns:
+        gamma = bn.weight.detach()
+        assert float(gamma.min()) >= 0 and float(gamma.max()) < 1
+        assert float(gamma.mean()) == pytest.approx(0.5, abs=0.1)
+        assert not bn.bias.any() and not bn.running_mean.any() and (bn.running_var == 1).all()
+    # drawn from the global generator: the same seed, the same network
+    torch.manual_seed(0)
+    again = natkit.create_backbone("alexnet", in_chans=2, image_size=224, init="torch7")
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(),
+                                                 again.state_dict().values(), strict=True))
+    # natkit's default stays Kaiming-normal with BatchNorm weights 1
+    default = natkit.create_backbone("alexnet", in_chans=2, image_size=224)
+    assert all((m.weight == 1).all() for m in default.modules()
+               if isinstance(m, torch.nn.BatchNorm2d))
+    std = float(default.conv1[0].weight.detach().std())
+    assert std == pytest.approx(math.sqrt(2 / (96 * 11 * 11)), rel=0.03)  # fan_out, ReLU gain
+
+
+def test_alexnet_refuses_an_unknown_init(host):
+    with pytest.raises(ConfigError, match="backbone.init: expected one of 'default', 'torch7'"):
+        natkit.create_backbone("alexnet", in_chans=2, image_size=32, init="xavier")

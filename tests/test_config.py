@@ -16,7 +16,7 @@ def test_defaults_resolve_with_every_component_option_filled(host):
     assert c.method == {"name": "nat", "permute_every": 3, "cache_targets_mb": 1024.0,
                         "loss_reduction": "mean"}
     assert c.data["name"] == "shapes"
-    assert c.solver == {"name": "hungarian"}
+    assert c.solver == {"name": "hungarian", "quantize": None}
     assert c.targets["dim"] == 32 and "seed" in c.targets
     assert c.backbone["stem"] == "auto"  # the factory's default, written into the config
     assert config.resolve(yaml.safe_load(config.dump(c))) == c  # the dump round-trips

@@ -185,6 +185,27 @@ def test_two_ranks_train_what_one_process_trains(tmp_path, reduction):
     assert files == ["checkpoint.pt", "config.yaml", "environment.json", "metrics.jsonl"]
 
 
+def test_bn_batch_trains_on_one_process_what_two_ranks_train(tmp_path):
+    """train.bn_batch: one process normalises each half of the batch alone, as two ranks with
+    per-rank BatchNorm do (and the authors' two GPUs under DataParallelTable): the same losses,
+    the same P, and the same running statistics, those of the first half (DDP broadcasts rank
+    0's buffers before every forward; DataParallelTable saved GPU 1's replica)."""
+    config = sets([*TINY, "train.bn_batch=8", "train.sync_bn=false", "train.epochs=1",
+                   "method.permute_every=1", "train.log_every=1", "eval.enabled=false",
+                   "deterministic=true"])
+    two = torchrun(tmp_path, "run", "--out", str(tmp_path / "two"), *config)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = natkit("run", "--out", str(tmp_path / "one"), *config)
+    assert one.returncode == 0, one.stderr[-3000:]
+    losses_two, losses_one = step_losses(tmp_path / "two"), step_losses(tmp_path / "one")
+    assert len(losses_one) == 4 and losses_two == pytest.approx(losses_one, rel=1e-5)
+    a, b = (load_checkpoint(tmp_path / run / "checkpoint.pt") for run in ("two", "one"))
+    assert torch.equal(a["method"]["assignment"]["perm"], b["method"]["assignment"]["perm"])
+    assert a["model"].keys() == b["model"].keys()
+    for key, value in a["model"].items():  # BatchNorm's running statistics included
+        torch.testing.assert_close(value, b["model"][key], rtol=1e-4, atol=1e-5, msg=key)
+
+
 def test_a_checkpoint_moves_between_two_ranks_and_one_process(tmp_path):
     config = sets([*SMALL, "eval.enabled=false", "train.epochs=1"])
     first = torchrun(tmp_path, "run", "--out", str(tmp_path / "a"), *config)

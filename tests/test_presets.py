@@ -49,6 +49,13 @@ AUTHORS = [
     ("eval.transfer_lr", 0.1, "test.lua: -lr 0.1"),
     ("eval.transfer_crops", 10, "imagenet.lua: ten crops at test (testsinglecrop 0)"),
     ("train.keep_every", 10, "main.lua: -saveperiod 10, the model saved every 10 epochs"),
+    ("backbone.init", "torch7", "alexnet.lua: cudnn/nn modules at Torch7's reset()"),
+    ("head.init", "torch7", "alexnet.lua: nn.Linear, nn.BatchNormalization at Torch7's reset()"),
+    ("solver.quantize", 100000, "hungarian.lua:31: icost:mul(100000):int()"),
+    ("train.bn_batch", 128, "main.sh: -ngpu 2, DataParallelTable: 128 of 256 per GPU"),
+    ("train.sync_bn", False, "DataParallelTable shares no BatchNorm statistics"),
+    ("eval.transfer_init", "torch7", "test.lua: arch.train(config):get(2) at Torch7's reset()"),
+    ("eval.transfer_crop_norm", "joint", "imagenet.lua: transform.merge, transform.normalize"),
 ]
 
 
@@ -87,6 +94,39 @@ def test_the_paper_head_is_the_authors_classifier_layer_by_layer(host):
     assert [type(m) for m in default][:2] == [nn.Dropout, nn.Linear]
     assert sum(isinstance(m, nn.Dropout) for m in default) == 2
     assert config.build(preset="paper").head.dropout_where == "between"
+
+
+def test_the_paper_network_starts_as_torch7_drew_it_from_the_runs_seed(tiny_config):
+    """Conv, Linear: U(+-1/sqrt(fan_in)); BatchNorm weights U(0, 1) (Torch7's reset())."""
+    from torch import nn
+
+    from natkit import builders
+
+    def network(*extra):
+        c = tiny_config("backbone.init=torch7", "head.init=torch7", "head.hidden=[32, 32]",
+                        "head.dropout_where=between", *extra)
+        return builders.initial_network(c, builders.load_training_set(c))
+
+    net = network()
+    bns = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert len(bns) == 7  # conv1-5 and fc6-7
+    for bn in bns:
+        gamma = bn.weight.detach()
+        assert float(gamma.min()) >= 0 and float(gamma.max()) < 1 and not bn.bias.any()
+        assert not (gamma == 1).all()
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            assert m.weight.abs().max() <= 1 / m.weight[0].numel() ** 0.5
+    # the run's seed decides the draws: the same seed the same network, another one another
+    same, other = network(), network("seed=1")
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(),
+                                                 same.state_dict().values(), strict=True))
+    assert not torch.equal(net.head[0].weight, other.head[0].weight)
+    assert not torch.equal(net.backbone.conv1[1].weight, other.backbone.conv1[1].weight)
+    # natkit's default head keeps PyTorch's BatchNorm weights of 1
+    c = tiny_config("head.hidden=[32]")
+    default = builders.initial_network(c, builders.load_training_set(c))
+    assert (default.head[2].weight == 1).all()
 
 
 def test_presets_are_listed_printed_and_layered_under_everything_else(host, tmp_path):

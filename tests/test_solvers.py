@@ -161,3 +161,52 @@ def test_sinkhorn_stays_close_to_the_optimum_where_plain_kernels_would_underflow
     perm = SinkhornSolver(reg=0.01, num_iter_max=200)(cost)
     assert is_permutation(perm, 256)
     assert (assignment_cost(cost, perm) - optimum(cost)) / abs(optimum(cost)) < 0.02
+
+
+# ------------------------------------------- hungarian.lua's integer costs (the paper preset)
+
+
+def test_quantized_costs_are_hungarian_luas_formula():
+    from natkit.solvers.hungarian import quantized_cost
+
+    # hungarian.lua 27-31: icost = ((cost - cmin) * (1 / (cmax - cmin)) * 100000):int()
+    cost = np.array([[0.0, 1.0, 0.5], [0.25, 1 / 3, 0.999999]])
+    assert quantized_cost(cost, 100000).tolist() == [[0, 100000, 50000], [25000, 33333, 99999]]
+    shifted = cost * 7 - 3  # only the spread counts
+    assert np.array_equal(quantized_cost(shifted, 100000), quantized_cost(cost, 100000))
+    assert quantized_cost(np.full((3, 3), -0.2), 100000).tolist() == [[0] * 3] * 3
+
+
+def test_quantizing_can_change_the_answer_as_the_authors_solver_would():
+    """Raw costs prefer the swap (3.75 < 3.8 levels); truncated, the diagonal (2 < 3)."""
+    level = 1e-5
+    cost = torch.tensor([[1.9, 3.5, 1e5], [0.25, 1.9, 1e5], [1e5, 1e5, 0.0]],
+                        dtype=torch.float64) * level
+    assert natkit.create_solver("hungarian")(cost).tolist() == [1, 0, 2]
+    assert natkit.create_solver("hungarian", quantize=100000)(cost).tolist() == [0, 1, 2]
+    assert natkit.create_solver("hungarian", quantize=0)(cost).tolist() == [1, 0, 2]  # 0: off
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.integers(2, 12), st.integers(0, 2**31 - 1), st.sampled_from([7, 1000, 100000]))
+def test_property_quantized_hungarian_is_optimal_for_the_quantized_costs(b, seed, levels):
+    from natkit.solvers.hungarian import HungarianSolver, quantized_cost
+
+    cost = nat_cost(b, d=4, seed=seed).double()
+    integers = torch.as_tensor(quantized_cost(cost.numpy(), levels), dtype=torch.float64)
+    assert int(integers.min()) == 0 and int(integers.max()) in (levels - 1, levels)
+    perm = HungarianSolver(quantize=levels)(cost)
+    assert is_permutation(perm, b)
+    assert assignment_cost(integers, perm) == optimum(integers)  # integers: exactly
+    # off (None or 0), the cost itself is solved, as before
+    for off in (None, 0):
+        assert torch.equal(HungarianSolver(quantize=off)(cost), HungarianSolver()(cost))
+    assert assignment_cost(cost, HungarianSolver()(cost)) == pytest.approx(optimum(cost), abs=1e-12)
+
+
+def test_quantize_is_checked_as_an_option(tiny_config):
+    from natkit.errors import ConfigError
+
+    assert tiny_config("solver.quantize=100000").solver["quantize"] == 100000
+    with pytest.raises(ConfigError, match="solver.quantize"):
+        tiny_config("solver.quantize=-1")

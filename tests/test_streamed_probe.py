@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -18,6 +19,8 @@ from natkit.evaluation.streamed import (
     AuthorsSGD,
     crop_side,
     eval_crops,
+    frozen_features,
+    standardise_jointly,
     transfer_lr,
     transfer_mlp,
     transfer_probe,
@@ -263,3 +266,92 @@ def test_natkit_eval_runs_the_transfer_probe_beside_the_others(tiny_config, tmp_
     assert transfer["val_accuracy"] is None  # nothing is chosen on validation
     assert (transfer["setting"]["epochs"], transfer["setting"]["crops"]) == (2, 10)
     assert 0.0 <= transfer["accuracy"] <= 1.0
+
+
+# ------------------------------------------------ the paper preset's test.lua details
+
+
+def test_crops_standardised_together_are_torchnets_merge_then_normalize():
+    # crops of one image with different spreads: each alone would be rescaled differently
+    g = torch.Generator().manual_seed(0)
+    views = torch.rand(2, 10, 3, 5, 5, generator=g) * torch.linspace(0.5, 2, 10).view(1, 10, 1, 1, 1)
+    out = standardise_jointly(views)
+    for i in range(2):
+        z = views[i]  # transform.merge's 10 x 3 x h x w tensor; transform.normalize:
+        torch.testing.assert_close(out[i], (z - z.mean()) / z.std())  # z:std() is unbiased
+        assert float(out[i].mean()) == pytest.approx(0, abs=1e-6)
+        assert float(out[i].std()) == pytest.approx(1, rel=1e-5)
+    crop_std = out[0].flatten(1).std(dim=1)
+    assert float(crop_std.max() - crop_std.min()) > 0.5  # each crop alone is not standardised
+    assert standardise_jointly(torch.full((1, 10, 3, 4, 4), 0.3)).abs().max() == 0  # blank stays
+
+
+class RecordingMLP(nn.Module):
+    """An MLP stand-in that keeps the features it is given and votes for class 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.clone())
+        return torch.zeros(len(x), 4)
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_joint_crop_norm_gives_the_network_the_crops_standardised_together(tiny_config,
+                                                                           normalize):
+    test = stripes(6, seed=1)
+    network = builders.initial_network(tiny_config(f"preprocess.normalize={normalize}"),
+                                       test).eval()
+    common = {"size": 14, "crops": 10, "layer": "last", "tap_pool": 2, "batch_size": 30,
+              "device": torch.device("cpu"), "progress": ProbeProgress()}
+    seen = {}
+    for norm in ("each", "joint"):
+        mlp = RecordingMLP()
+        streamed._crop_accuracy(network, mlp, test, np.arange(6), crop_norm=norm, **common)
+        seen[norm] = torch.cat(mlp.seen)
+    assert network.preprocess.normalize == normalize  # put back
+    views = eval_crops(test.get_batch(torch.arange(6)), 14)
+    torch.testing.assert_close(seen["each"], frozen_features(network, views.flatten(0, 1)))
+    if not normalize:  # a preprocessor that standardises nothing: nothing to do together
+        torch.testing.assert_close(seen["joint"], seen["each"])
+        return
+    network.preprocess.normalize = False  # the joint statistics, then the network as it is
+    joint = frozen_features(network, standardise_jointly(views).flatten(0, 1))
+    network.preprocess.normalize = True
+    torch.testing.assert_close(seen["joint"], joint)
+    assert not torch.allclose(seen["joint"], seen["each"], atol=1e-3)
+
+
+def test_the_mlp_can_be_drawn_as_torch7_drew_test_lua_s_classifier():
+    torch.manual_seed(0)
+    mlp = transfer_mlp(100, 3, 64, init="torch7")
+    torch.manual_seed(0)
+    again = transfer_mlp(100, 3, 64, init="torch7")
+    assert all(torch.equal(a, b) for a, b in zip(mlp.state_dict().values(),
+                                                 again.state_dict().values(), strict=True))
+    for m in mlp:
+        if isinstance(m, nn.Linear):  # nn.Linear:reset(): U(+-1/sqrt(inputSize)), bias too
+            bound = 1 / math.sqrt(m.in_features)
+            assert m.weight.abs().max() <= bound and m.bias.abs().max() <= bound
+        if isinstance(m, nn.BatchNorm1d):  # nn.BatchNormalization:reset(): U(0, 1), 0
+            gamma = m.weight.detach()
+            assert float(gamma.min()) >= 0 and float(gamma.max()) < 1 and not m.bias.any()
+            assert float(gamma.mean()) == pytest.approx(0.5, abs=0.15)
+    assert all((m.weight == 1).all() for m in transfer_mlp(100, 3, 64)
+               if isinstance(m, nn.BatchNorm1d))  # the default: PyTorch's
+
+
+def test_the_eval_settings_reach_the_probe(tiny_config):
+    from natkit.evaluation.protocol import run_transfer
+
+    config = tiny_config("preprocess.normalize=true", "eval.transfer_epochs=1",
+                         "eval.transfer_hidden=8", "eval.batch_size=32",
+                         "eval.transfer_init=torch7", "eval.transfer_crop_norm=joint")
+    train, test = stripes(64, seed=0), stripes(8, seed=1)
+    network = builders.initial_network(config, train)
+    result = run_transfer(config, network, train, test, torch.device("cpu"))
+    assert (result.setting["init"], result.setting["crop_norm"]) == ("torch7", "joint")
+    with pytest.raises(ValueError, match="crop_norm"):
+        transfer_probe(network, train, test, **FAST, crop_norm="both")

@@ -10,6 +10,7 @@ from torch import nn
 
 from natkit.backbones.base import Backbone
 from natkit.values import MAX_WIDTH, Bounds
+from natkit.weightinit import Init, torch7_init_
 
 PAPER_WIDTHS = (96, 256, 384, 384, 256)
 PAPER_FC = (4096, 4096)
@@ -52,11 +53,15 @@ class AlexNet(Backbone):
     (``stem='auto'`` below 128 px) a 5x5 stride-1 conv1 keeps conv5 maps larger
     than 1x1. conv5's max-pooled map is resized adaptively to the size this
     network was built for, so ``num_features`` holds at any input size.
+    ``init`` ``default`` draws the convolutions Kaiming-normal (fan_out) with BatchNorm
+    weights 1; ``torch7`` draws them as the authors' Lua code got them
+    (:func:`natkit.weightinit.torch7_init_`).
     """
 
     def __init__(self, in_chans: int = 3, image_size: int = 224,
                  widths: tuple[int, ...] = PAPER_WIDTHS, fc: tuple[int, ...] = PAPER_FC,
-                 stem: Literal["auto", "imagenet", "small"] = "auto") -> None:
+                 stem: Literal["auto", "imagenet", "small"] = "auto",
+                 init: Init = "default") -> None:
         super().__init__()
         if len(widths) != 5 or min(widths) < 1:
             raise ValueError(f"widths must be 5 positive integers, got {list(widths)}")
@@ -84,7 +89,12 @@ class AlexNet(Backbone):
         self.num_features = w5 * self.out_size**2
         self.default_head = tuple(fc)
         self.in_chans = in_chans
-        self._init_weights()
+        if init == "torch7":
+            torch7_init_(self)
+        elif init == "default":
+            self._init_weights()
+        else:
+            raise ValueError(f"init must be 'default' or 'torch7', got '{init}'")
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -117,7 +127,7 @@ class AlexNet(Backbone):
 def create(*, in_chans: int = 3, image_size: int = 224,
            widths: Annotated[tuple[int, ...], Bounds(ge=1, le=MAX_WIDTH, length=5)] = PAPER_WIDTHS,
            fc: Annotated[tuple[int, ...], Bounds(ge=1, le=MAX_WIDTH)] = PAPER_FC,
-           stem: Literal["auto", "imagenet", "small"] = "auto") -> AlexNet:
+           stem: Literal["auto", "imagenet", "small"] = "auto", init: Init = "default") -> AlexNet:
     """The paper's AlexNet with BatchNorm (widths and fc head configurable).
 
     Args:
@@ -125,5 +135,7 @@ def create(*, in_chans: int = 3, image_size: int = 224,
         fc: hidden widths of the fc6-fc7 head used when head.hidden is null (the paper: 4096, 4096).
         stem: conv1 as in the paper ('imagenet': 11x11, stride 4) or for small images ('small': 5x5,
                 stride 1); 'auto' picks 'small' below 128 px.
+        init: 'default' (Kaiming-normal convolutions, BatchNorm weights 1) or 'torch7' (the
+                authors' Lua defaults: conv weights U(+-1/sqrt(fan_in)), BatchNorm weights U(0, 1)).
     """
-    return AlexNet(in_chans, image_size, widths, fc, stem)
+    return AlexNet(in_chans, image_size, widths, fc, stem, init)

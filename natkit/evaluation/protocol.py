@@ -98,7 +98,8 @@ def run_transfer(config: cfg.Config, network: Any, train_set: Any, test_set: Any
         weight_decay=e.transfer_weight_decay, gamma=e.transfer_gamma,
         decay_start=e.transfer_decay_start, dropout=e.transfer_dropout, hidden=e.transfer_hidden,
         batch_size=e.batch_size, crops=e.transfer_crops, crop_fraction=e.transfer_crop_fraction,
-        seed=config.seed, device=device, progress=progress)
+        init=e.transfer_init, crop_norm=e.transfer_crop_norm, seed=config.seed, device=device,
+        progress=progress)
 
 
 def _json(data: Any) -> str:

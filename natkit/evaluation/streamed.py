@@ -30,7 +30,15 @@ This is ``test.lua`` of the authors' code (facebookresearch/noise-as-targets, wi
 * **Test.** Ten crops of each test image, ``c, tl, tr, bl, br`` of the image then the same
   five of its mirror image (imagenet.lua 79-93), through the frozen features and the MLP
   in evaluate mode, the ten outputs (the final Linear's, before any softmax) summed and
-  the largest taken (alexnet.lua 89-100: ``View(10, nclass)``, ``Sum(2)``).
+  the largest taken (alexnet.lua 89-100: ``View(10, nclass)``, ``Sum(2)``). The crops are
+  standardised together: ``transform.merge`` stacks them into one ``10 x 3 x 224 x 224``
+  tensor and ``transform.normalize`` subtracts its mean and divides by its standard
+  deviation (torchnet transform.lua 342-371, utils/table.lua 113-132), one pair for all
+  ten (``crop_norm='joint'``; natkit's default ``'each'`` standardises each crop alone, as
+  the preprocessor does every image).
+* **Initialisation.** The MLP's layers keep Torch7's defaults (``init='torch7'``:
+  Linear weights and biases U(+-1/sqrt(fan_in)), BatchNorm weights U(0, 1)); natkit's
+  default ``'default'`` differs only in BatchNorm's weights, 1.
 
 Where natkit differs, and why:
 
@@ -53,7 +61,9 @@ Where natkit differs, and why:
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -66,10 +76,12 @@ from natkit.augment import center_crop, random_crop
 from natkit.datasets import stratified_split
 from natkit.evaluation.reporting import QUIET, ProbeProgress, ProbeResult
 from natkit.transfer import to_float
+from natkit.weightinit import INITS, initialise_
 
 AUTHORS_CROP_FRACTION = 224 / 256  # test.lua 50-51: cropsize 224 of imsize 256
 DECAY_START = 20  # test.lua 241: the epoch the learning rate starts to decay
 CORNERS = ("c", "tl", "tr", "bl", "br")  # imagenet.lua 83-92, then the same on the flipped image
+CROP_NORMS = ("each", "joint")
 
 
 def transfer_lr(epoch: int, lr: float, gamma: float, decay_start: int = DECAY_START) -> float:
@@ -82,18 +94,20 @@ def transfer_lr(epoch: int, lr: float, gamma: float, decay_start: int = DECAY_ST
     return lr
 
 
-def transfer_mlp(d: int, classes: int, hidden: int = 4096, dropout: float = 0.5) -> nn.Sequential:
+def transfer_mlp(d: int, classes: int, hidden: int = 4096, dropout: float = 0.5,
+                 init: str = "default") -> nn.Sequential:
     """alexnet.lua's classifier (58-72): Linear-BN-ReLU-Dropout-Linear-BN-ReLU-Linear.
 
     At ``dropout=0.5`` it is :func:`natkit.evaluation.probes.mlp_model`, layer for layer;
-    ``dropout=0`` leaves the dropout out, as alexnet.lua 63 does.
+    ``dropout=0`` leaves the dropout out, as alexnet.lua 63 does. ``init='torch7'`` draws
+    it as test.lua's ``arch.train(config):get(2)`` is (:func:`natkit.weightinit.torch7_init_`).
     """
     layers: list[nn.Module] = [nn.Linear(d, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True)]
     if dropout > 0:
         layers.append(nn.Dropout(dropout))
     layers += [nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
                nn.Linear(hidden, classes)]
-    return nn.Sequential(*layers)
+    return initialise_(nn.Sequential(*layers), init)
 
 
 class AuthorsSGD:
@@ -164,6 +178,31 @@ def eval_crops(images: torch.Tensor, size: int, count: int = 10) -> torch.Tensor
     return torch.stack(out, dim=1)
 
 
+def standardise_jointly(views: torch.Tensor) -> torch.Tensor:
+    """``[n, k, c, h, w]`` crops, each image's ``k`` standardised together.
+
+    One mean and one (unbiased) standard deviation over all ``k * c * h * w`` values of an
+    image's crops, as torchnet's ``transform.normalize`` does to the tensor
+    ``transform.merge`` stacks (``z:std()``, ``z:add(-z:mean())``, ``z:div(std)``). A blank
+    image stays blank (its standard deviation is clamped as the Sobel preprocessor's is).
+    """
+    flat = views.flatten(1)
+    shape = (-1,) + (1,) * (views.ndim - 1)
+    mean = flat.mean(dim=1).view(shape)
+    std = flat.std(dim=1).clamp_min(1e-6).view(shape)
+    return (views - mean) / std
+
+
+@contextlib.contextmanager
+def _standardised_here(preprocess: nn.Module) -> Iterator[None]:
+    """The preprocessor's own standardisation of each image, off while its input is already so."""
+    preprocess.normalize = False
+    try:
+        yield
+    finally:
+        preprocess.normalize = True
+
+
 def crop_side(network: nn.Module, image_size: int, crop_fraction: float = AUTHORS_CROP_FRACTION) -> int:
     """The crop side: the network's input size where it was trained on crops, else a fraction.
 
@@ -200,10 +239,15 @@ def _images(dataset: Any, idx: np.ndarray, device: torch.device) -> torch.Tensor
 @torch.no_grad()
 def _crop_accuracy(network: nn.Module, mlp: nn.Module, dataset: Any, index: np.ndarray, *,
                    size: int, crops: int, layer: str, tap_pool: int, batch_size: int,
-                   device: torch.device, progress: ProbeProgress) -> float:
-    """Accuracy of the summed outputs of each image's crops, one pass over ``index``."""
+                   device: torch.device, progress: ProbeProgress, crop_norm: str = "each") -> float:
+    """Accuracy of the summed outputs of each image's crops, one pass over ``index``.
+
+    ``crop_norm='joint'``, where the network's preprocessor standardises each image
+    (``normalize``), standardises each image's crops together instead (:func:`standardise_jointly`).
+    """
     if len(index) == 0:
         return 0.0
+    joint = crop_norm == "joint" and bool(getattr(network.preprocess, "normalize", False))
     mlp.eval()
     labels = torch.as_tensor(dataset.labels)
     correct = 0
@@ -211,7 +255,13 @@ def _crop_accuracy(network: nn.Module, mlp: nn.Module, dataset: Any, index: np.n
     for start in range(0, len(index), per_batch):
         idx = index[start:start + per_batch]
         views = eval_crops(_images(dataset, idx, device), size, crops)
-        logits = mlp(frozen_features(network, views.flatten(0, 1), layer, tap_pool))
+        if joint:
+            with _standardised_here(network.preprocess):
+                features = frozen_features(network, standardise_jointly(views).flatten(0, 1),
+                                           layer, tap_pool)
+        else:
+            features = frozen_features(network, views.flatten(0, 1), layer, tap_pool)
+        logits = mlp(features)
         predicted = logits.view(len(idx), crops, -1).sum(dim=1).argmax(dim=1).cpu()
         correct += int((predicted == labels[torch.from_numpy(idx)]).sum())
         progress.tick()
@@ -224,7 +274,8 @@ def transfer_probe(network: nn.Module, train_set: Any, test_set: Any, *, layer: 
                    decay_start: int = DECAY_START, dropout: float = 0.5, hidden: int = 4096,
                    batch_size: int = 256, crops: int = 10, crop_size: int | None = None,
                    crop_fraction: float = AUTHORS_CROP_FRACTION, val_fraction: float = 0.0,
-                   seed: int = 0, device: torch.device | str = "cpu",
+                   init: str = "default", crop_norm: str = "each", seed: int = 0,
+                   device: torch.device | str = "cpu",
                    progress: ProbeProgress = QUIET) -> ProbeResult:
     """The authors' transfer protocol (test.lua, see the module's notes); returns its result.
 
@@ -238,6 +289,9 @@ def transfer_probe(network: nn.Module, train_set: Any, test_set: Any, *, layer: 
     centre crop, their ``-testsinglecrop 1``). ``val_fraction`` > 0 holds a stratified
     part of the training split out of training and reports the ten-crop accuracy there
     as ``val_accuracy`` (else ``nan``: the protocol chooses nothing on validation).
+    ``init`` draws the MLP (``default`` or ``torch7``, see :func:`transfer_mlp`);
+    ``crop_norm`` (``each`` or ``joint``) standardises the test crops of an image alone or
+    together where the network's preprocessor standardises images (see :func:`_crop_accuracy`).
     ``seed`` fixes the MLP's initialisation, the order, the crops and the dropout, without
     touching the global random state. ``progress`` advances by one unit per epoch
     (``epochs`` in all) and ticks at every batch, the final test's included.
@@ -249,6 +303,9 @@ def transfer_probe(network: nn.Module, train_set: Any, test_set: Any, *, layer: 
                          f"{epochs}, {batch_size} and {hidden}")
     if not 0 <= dropout < 1:
         raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+    if init not in INITS or crop_norm not in CROP_NORMS:
+        raise ValueError(f"init must be one of {', '.join(INITS)} and crop_norm one of "
+                         f"{', '.join(CROP_NORMS)}, got '{init}' and '{crop_norm}'")
     device = torch.device(device)
     train_index, test_index = _labelled(train_set), _labelled(test_set)
     if len(train_index) < 2:
@@ -263,7 +320,8 @@ def transfer_probe(network: nn.Module, train_set: Any, test_set: Any, *, layer: 
                                                              crop_fraction)
     classes = int(all_labels[torch.from_numpy(train_index)].max()) + 1
     common = {"size": size, "crops": crops, "layer": layer, "tap_pool": tap_pool,
-              "batch_size": batch_size, "device": device, "progress": progress}
+              "batch_size": batch_size, "device": device, "progress": progress,
+              "crop_norm": crop_norm}
     g = torch.Generator().manual_seed(seed)  # order and crops, drawn on the CPU
     cuda = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else []
@@ -274,7 +332,7 @@ def transfer_probe(network: nn.Module, train_set: Any, test_set: Any, *, layer: 
             torch.manual_seed(seed)  # the MLP's initialisation and its dropout
             first = random_crop(_images(train_set, train_index[:1], device), g, size)
             d = frozen_features(network, first, layer, tap_pool).shape[1]
-            mlp = transfer_mlp(d, classes, hidden, dropout).to(device)
+            mlp = transfer_mlp(d, classes, hidden, dropout, init).to(device)
             optimizer = AuthorsSGD(mlp, momentum, weight_decay)
             n = len(train_index)
             per_epoch = max(1, n // batch_size)  # skip-last, unless one batch is all there is
@@ -309,5 +367,6 @@ def transfer_probe(network: nn.Module, train_set: Any, test_set: Any, *, layer: 
         network.train(was_training)
     setting = {"epochs": epochs, "lr": lr, "momentum": momentum, "weight_decay": weight_decay,
                "gamma": gamma, "decay_start": decay_start, "dropout": dropout, "hidden": hidden,
-               "batch_size": batch_size, "crops": crops, "crop_size": size}
+               "batch_size": batch_size, "crops": crops, "crop_size": size, "init": init,
+               "crop_norm": crop_norm}
     return ProbeResult(accuracy, setting, val_accuracy, train_accuracy)

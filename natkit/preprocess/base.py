@@ -22,9 +22,12 @@ class Preprocessor(nn.Module):
     """A fixed, non-trained first layer; subclasses set ``out_channels`` and define ``forward``.
 
     Its tensors are buffers, never parameters, so no optimizer can train them.
+    ``normalize`` says whether ``forward`` first standardises each image on its own; the
+    transfer probe turns it off while it standardises an image's test crops together.
     """
 
     out_channels: int
+    normalize: bool = False
 
     def __init__(self, in_channels: int = 3) -> None:
         super().__init__()
