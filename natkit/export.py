@@ -85,6 +85,7 @@ class ExportFiles:
     card: Path
 
     def all(self) -> list[Path]:
+        """The four paths, the backbone's first."""
         return [self.weights, self.info, self.encoder, self.card]
 
 
@@ -149,6 +150,10 @@ def export(run_dir: Path, out: Path, *, force: bool = False, batchnorm: str = "r
     if batchnorm not in BATCHNORM_CHOICES:
         raise ConfigError(f"--batchnorm: expected one of {', '.join(BATCHNORM_CHOICES)}, "
                           f"got {clip(batchnorm)!r}")
+    try:  # checked before any work, whether or not it is used
+        where = pick_device(device)
+    except ConfigError as exc:
+        raise ConfigError(f"--{exc}") from None
     run_dir, out = Path(run_dir), Path(out)
     files = export_files(out)
     _check_outputs(run_dir, files, force)
@@ -163,7 +168,7 @@ def export(run_dir: Path, out: Path, *, force: bool = False, batchnorm: str = "r
         network = initial_network(config, dataset)
     require_fit(network, state["model"], run_dir / CHECKPOINT)
     network.load_state_dict(state["model"])
-    statistics = _batchnorm_statistics(network, config, batchnorm, device, console)
+    statistics = _batchnorm_statistics(network, config, batchnorm, where, console)
     name = config.backbone["name"]
     weights = backbone_state(network.state_dict(), name)
     if not weights:
@@ -184,7 +189,8 @@ def export(run_dir: Path, out: Path, *, force: bool = False, batchnorm: str = "r
         "input": {"preprocess": config.preprocess, "from_channels": dataset.channels,
                   "note": note},
         "batchnorm": statistics,
-        "load_with": _how_to_load(name, options, preprocess.out_channels, size),
+        "load_with": _how_to_load(name, options, preprocess.out_channels, size,
+                                  getattr(network.backbone, "img_size", None)),
         "epochs_trained": int(state["epoch"]),
         "natkit_version": __version__,
         "source": str(run_dir),
@@ -219,7 +225,7 @@ def _json_bytes(data: dict[str, Any]) -> bytes:
 
 
 def _batchnorm_statistics(network: torch.nn.Module, config: cfg.Config, batchnorm: str,
-                          device: str, console: Console | None) -> str:
+                          device: torch.device, console: Console | None) -> str:
     """Give ``network`` the statistics ``batchnorm`` asks for; says which, for the files."""
     layers = sum(isinstance(m, _BatchNorm) for m in network.backbone.modules())
     if not layers:
@@ -232,8 +238,8 @@ def _batchnorm_statistics(network: torch.nn.Module, config: cfg.Config, batchnor
     quiet = console or Console(stderr=True, quiet=True)
     with EvalProgress(quiet, [phase]) as progress:
         progress.phase("batchnorm")
-        recalibrate_batchnorm(network.to(pick_device(device)), train_set, pick_device(device),
-                              config.eval.batch_size, progress=progress)
+        recalibrate_batchnorm(network.to(device), train_set, device, config.eval.batch_size,
+                              progress=progress)
     network.cpu()
     return (f"recomputed over the {len(train_set)} unaugmented training images, as the "
             "evaluation probes the features")
@@ -274,9 +280,12 @@ def model_card(config: cfg.Config, encoder: Encoder, dataset: Any, state: dict[s
     }
 
 
-def _how_to_load(name: str, options: dict[str, Any], in_chans: int, image_size: int) -> str:
+def _how_to_load(name: str, options: dict[str, Any], in_chans: int, image_size: int,
+                 img_size: int | None = None) -> str:
     if name.startswith("timm:"):
-        extra = "".join(f", {k}={v!r}" for k, v in options.items())
+        # a transformer was built for the run's images (its position embeddings depend on it)
+        sized = {} if img_size is None else {"img_size": img_size}
+        extra = "".join(f", {k}={v!r}" for k, v in {**sized, **options}.items())
         return (f"timm.create_model({name[5:]!r}, in_chans={in_chans}, num_classes=0{extra})"
                 ".load_state_dict(torch.load(FILE, weights_only=True))")
     args = "".join(f", {k}={v!r}" for k, v in options.items())

@@ -82,6 +82,11 @@ class NATObjective(nn.Module):
                               f"{clip(repr(permute_every))}")
         if reduction not in ("mean", "sum"):
             raise ConfigError(f"reduction: expected 'mean' or 'sum', got {clip(repr(reduction))}")
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim < 1):
+            raise ConfigError(f"dim: expected an integer >= 1 or None, got {clip(repr(dim))}")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ConfigError(f"seed: expected an integer, got {clip(repr(seed))}")
+        device = _device(device)
         self.num_samples, self.seed = num_samples, int(seed)
         self.permute_every, self.reduction, self.normalize = permute_every, reduction, normalize
         self.targets = _build_targets(targets, dim, self.seed)
@@ -103,17 +108,24 @@ class NATObjective(nn.Module):
     def forward(self, features: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
         """The batch's NAT loss; first reassigns its targets when :attr:`reassign` is on.
 
+        In eval mode (``objective.eval()``) it never reassigns: a validation loss leaves P
+        as training left it.
+
         Args:
             features: the network's outputs ``[b, dim]`` (normalised here, see ``normalize``).
             indices: the dataset indices of the batch's samples ``[b]``, each once.
         """
         features, indices = self._checked(features, indices)
-        outputs = F.normalize(features, dim=1).float() if self.normalize else features.float()
         comm = process_group_comm()
         scale = float(len(indices) * comm.world_size) if self.reduction == "sum" else 1.0
-        loss, update = nat_step(self.assignment, self.solver, outputs, indices,
-                                reassign=self.reassign, comm=comm, solver_name=self.solver_name,
-                                scale=scale, check=_distinct_over_ranks if comm.distributed else None)
+        # float32 whatever the caller's autocast, as the engine takes the method's loss: a
+        # bfloat16 cost matrix would let the solver pick another assignment
+        with torch.autocast(features.device.type, enabled=False):
+            outputs = F.normalize(features, dim=1).float() if self.normalize else features.float()
+            loss, update = nat_step(self.assignment, self.solver, outputs, indices,
+                                    reassign=self.reassign and self.training, comm=comm,
+                                    solver_name=self.solver_name, scale=scale,
+                                    check=_distinct_over_ranks if comm.distributed else None)
         self.last_stats = None if update is None else reassignment_stats(update)
         return loss
 
@@ -178,6 +190,19 @@ def process_group_comm() -> Comm:
     device = torch.device("cuda", torch.cuda.current_device()) if nccl else CPU
     return Comm(rank=rank, world_size=dist.get_world_size(),
                 local_rank=int(os.environ.get("LOCAL_RANK", rank)), device=device)
+
+
+def _device(device: torch.device | str) -> torch.device:
+    """``device`` as a torch.device that exists here (ConfigError naming ``device`` if not)."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"device: {clip(repr(device))} is not a device; expected cpu, cuda "
+                          "or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device: {clip(repr(device))} requested but CUDA is not available "
+                          "here; use cpu")
+    return resolved
 
 
 def _build_targets(targets: str | Targets, dim: int | None, seed: int) -> Targets:

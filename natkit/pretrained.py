@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from natkit.augment import center_crop
-from natkit.errors import CheckpointError, one_line
+from natkit.errors import CheckpointError, ConfigError, one_line
 from natkit.plugins import registry
 from natkit.preprocess.base import to_channels
 from natkit.schema import component_options
@@ -52,6 +52,9 @@ class Encoder(nn.Module):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected RGB images [batch, 3, height, width], got shape "
                              f"{tuple(images.shape)}")
+        if min(images.shape[-2:]) < self.input_size:
+            raise ValueError(f"expected images of at least {self.input_size} x {self.input_size} "
+                             f"(the model card's input size), got {tuple(images.shape[-2:])}")
         x = to_channels(center_crop(images, self.input_size), self.channels)
         out = self.backbone.forward_taps(self.preprocess(x), [self.layer])[self.layer]
         if out.ndim == 4:
@@ -88,8 +91,9 @@ def read_card(path: Path | str) -> dict[str, Any]:
 
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"'{path}' does not exist (expected the .safetensors file "
-                              "natkit export writes)")
+        what = "is a directory" if path.is_dir() else "does not exist"
+        raise CheckpointError(f"'{path}' {what} (expected the .safetensors file natkit export "
+                              "writes)")
     try:
         with safe_open(str(path), framework="pt") as opened:
             metadata = opened.metadata() or {}
@@ -111,6 +115,11 @@ def load_pretrained(path: Path | str, *, device: str | torch.device = "cpu") -> 
     from safetensors.torch import load_file
 
     card = read_card(path)
+    try:
+        torch.empty(0, device=device)  # the device exists here: refused before any building
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"device: cannot use {str(device)!r} here: "
+                          f"{one_line(str(exc), 120)}") from None
     encoder = build_encoder(card["architecture"])
     state = load_file(str(path), device="cpu")
     try:

@@ -201,12 +201,45 @@ def test_bad_features_or_indices_get_one_line_naming_the_argument(features, indi
     ({"targets": object()}, ConfigError, r"^targets: expected a target distribution's name"),
     ({"targets": natkit.create_targets("basis", dim=4)}, ConfigError,
      r"^dim: 8, but the targets given have dim=4"),
+    ({"dim": "8"}, ConfigError, r"^dim: expected an integer >= 1 or None, got '8'"),
+    ({"seed": "x"}, ConfigError, r"^seed: expected an integer, got 'x'"),
+    ({"seed": None}, ConfigError, r"^seed: expected an integer, got None"),
+    ({"device": "bogus"}, ConfigError, r"^device: 'bogus' is not a device"),
+    *([({"device": "cuda"}, ConfigError, r"^device: 'cuda' requested but CUDA is not available")]
+      if not torch.cuda.is_available() else []),
 ])
 def test_bad_settings_get_one_line_naming_the_argument(arguments, error, message):
     options = {"num_samples": 64, "dim": 8, **arguments}
     with pytest.raises(error, match=message) as caught:
         NATObjective(options.pop("num_samples"), **options)
     assert "\n" not in str(caught.value)
+
+
+def test_autocast_does_not_change_the_assignment_or_the_loss():
+    features, indices = torch.randn(64, 32), torch.arange(64)
+    plain, mixed = NATObjective(64, 32, seed=3), NATObjective(64, 32, seed=3)
+    loss = plain(features, indices)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed_loss = mixed(features, indices)
+    assert mixed_loss.dtype == torch.float32 and torch.equal(mixed_loss, loss)
+    assert torch.equal(mixed.assignment.state_dict()["perm"], plain.assignment.state_dict()["perm"])
+    assert mixed.last_stats == plain.last_stats
+
+
+def test_a_validation_pass_in_eval_mode_leaves_the_assignment_alone():
+    objective = NATObjective(32, 8, seed=0)
+    before = {k: v.clone() if isinstance(v, torch.Tensor) else v
+              for k, v in objective.assignment.state_dict().items()}
+    objective.eval()
+    with torch.no_grad():
+        objective(torch.randn(32, 8), torch.arange(32))
+    assert objective.last_stats is None
+    after = objective.assignment.state_dict()
+    assert all(torch.equal(before[k], after[k]) if isinstance(before[k], torch.Tensor)
+               else before[k] == after[k] for k in before)
+    objective.train()
+    objective(torch.randn(32, 8), torch.arange(32))
+    assert objective.last_stats is not None
 
 
 def test_built_components_are_taken_as_they_are_and_a_bad_solver_is_named():

@@ -127,6 +127,9 @@ def test_an_encoder_centre_crops_larger_images_and_refuses_non_rgb(natkit_host, 
     with pytest.raises(ValueError, match=r"expected RGB images \[batch, 3, height, width\], got "
                                          r"shape \(2, 1, 16, 16\)"):
         encoder(images[:, :1])
+    with pytest.raises(ValueError, match=r"expected images of at least 16 x 16 \(the model "
+                                         r"card's input size\), got \(12, 12\)"):
+        encoder(images[..., :12, :12])
 
 
 def test_load_pretrained_refuses_what_natkit_did_not_write_in_one_line(natkit_host, tmp_path):
@@ -178,3 +181,28 @@ def test_the_encoder_s_files_are_refused_without_force_and_never_replace_run_fil
     clash = runner.invoke(app, ["export", str(run_dir), "-o", str(tmp_path / "x.rgb")])
     assert clash.exit_code == 2 and "would give two of the export's files one name" in clash.stderr
     assert not list(tmp_path.glob("x.*"))
+
+
+def test_a_bad_device_is_refused_before_any_work_naming_the_option(natkit_host, tmp_path):
+    run_dir = _evaluated_run(tmp_path, "eval.probes=[knn]")
+    for batchnorm in ("recompute", "running"):
+        result = runner.invoke(app, ["export", str(run_dir), "-o", str(tmp_path / "m.pt"),
+                                     "--batchnorm", batchnorm, "--device", "bogus"])
+        assert result.exit_code == 2
+        assert result.stderr.startswith("error: --device: 'bogus' is not a device")
+        assert not list(tmp_path.glob("m.*"))
+    export(run_dir, tmp_path / "m.pt")
+    with pytest.raises(natkit.NatkitError, match=r"^(device: cannot use 'bogus' here)"):
+        natkit.load_pretrained(tmp_path / "m.rgb.safetensors", device="bogus")
+
+
+def test_a_transformer_s_load_recipe_builds_it_for_the_run_s_images(natkit_host, tmp_path):
+    import timm  # noqa: F401  (the recipe names it)
+
+    run_dir = _evaluated_run(tmp_path, "backbone.name=timm:vit_tiny_patch16_224",
+                             "backbone.patch_size=8", "preprocess.name=clean",
+                             "data.image_size=32", "eval.probes=[knn]")
+    info = export(run_dir, tmp_path / "vit.pt", batchnorm="running")
+    assert "img_size=32" in info["load_with"]
+    recipe = info["load_with"].replace("FILE", repr(str(tmp_path / "vit.pt")))
+    eval(recipe)  # strict: every tensor fits, the position embeddings included

@@ -102,7 +102,8 @@ def test_channels_are_converted_to_the_requested_count() -> None:
     wrapped = wrap_dataset([(gray, 0), (rgb, 1)], channels=3)
     assert torch.equal(wrapped.raw_item(0), torch.full((3, 8, 8), 100, dtype=torch.uint8))
     as_gray = wrap_dataset([(rgb, 1)], channels=1)
-    assert as_gray.raw_item(0).unique().tolist() == [76]  # 0.299 * 255, PIL's luma
+    # the channel mean, as the preprocessors and an exported encoder see RGB images
+    assert as_gray.raw_item(0).unique().tolist() == [85]
 
 
 def test_arrays_channels_last_alpha_and_unlabelled_images() -> None:
@@ -165,3 +166,46 @@ def test_a_wrapped_dataset_trains_and_evaluates_as_a_registered_dataset(
     # the probes ran on the wrapped test split's labels (two classes: chance is 0.5)
     assert set(outcome.results) == {"linear", "mlp", "knn"}
     assert outcome.results["knn"]["trained"] > 0.5
+
+
+def test_labels_are_the_items_even_where_a_target_transform_changes_the_column(tmp_path):
+    _photos(tmp_path)
+    flipped = torchvision.datasets.ImageFolder(tmp_path, target_transform=lambda t: 1 - t)
+    for cache in (True, False):
+        wrapped = wrap_dataset(flipped, image_size=8, cache=cache)
+        assert wrapped.labels.tolist() == [flipped[i][1] for i in range(len(flipped))]
+
+
+def test_the_cache_is_filled_one_source_image_at_a_time():
+    import gc
+    import weakref
+
+    alive, most = 0, 0
+
+    def gone() -> None:
+        nonlocal alive
+        alive -= 1
+
+    class Photos:
+        """Large source images, as a folder of camera photographs gives; counts those alive."""
+
+        def __len__(self) -> int:
+            return 40
+
+        def __getitem__(self, i: int) -> tuple[Image.Image, int]:
+            nonlocal alive, most
+            image = Image.new("RGB", (400, 300), (i, 0, 0))
+            weakref.finalize(image, gone)
+            alive += 1
+            most = max(most, alive)
+            return image, i % 2
+
+    wrapped = wrap_dataset(Photos(), image_size=16)
+    gc.collect()
+    assert wrapped.images is not None and wrapped.raw_item(39)[0, 0, 0] == 39
+    assert most <= 2  # never the whole dataset's full-size images at once
+
+
+def test_a_bool_image_size_is_refused():
+    with pytest.raises(DataError, match="image_size: expected an integer"):
+        wrap_dataset([(torch.zeros(3, 8, 8), 0)], image_size=True)

@@ -169,10 +169,13 @@ class TimmBackbone(Backbone):
         options = check_options(model_name, options)
         given = sorted(options)
         options = {k: v for k, v in options.items() if k != "pretrained"}  # always False here
+        # the img_size the model was built for (None: it takes none), for export's load recipe
+        self.img_size: int | None = options.get("img_size", image_size)
         try:  # transformers take img_size; convolutional nets refuse it
             self.model = _build(model_name, meta=False, in_chans=in_chans,
                                 **{"img_size": image_size, **options})
         except TypeError:
+            self.img_size = None
             if "img_size" in options:
                 raise _rejected(model_name, given, {"img_size": "TypeError"}) from None
             try:

@@ -26,7 +26,6 @@ from natkit.values import MAX_IMAGE_SIZE
 
 _CACHE_LIMIT_BYTES = 1 << 30
 _GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
-_LUMA = torch.tensor([0.299, 0.587, 0.114])  # ITU-R 601-2, as PIL's convert("L")
 
 
 def wrap_dataset(dataset: Any, *, image_size: int | None = None, channels: int | None = None,
@@ -66,17 +65,23 @@ class WrappedDataset(ImageDataset):
         if channels not in (None, 1, 3):
             raise DataError(f"channels: expected 1 or 3, got {channels!r}")
         self.channels = channels or (1 if first.shape[0] == 1 else 3)
-        size = image_size if image_size is not None else min(first.shape[-2:])
-        if not isinstance(size, int) or not 1 <= size <= MAX_IMAGE_SIZE:
+        size = image_size if image_size is not None else int(min(first.shape[-2:]))
+        if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= MAX_IMAGE_SIZE:
             raise DataError(f"image_size: expected an integer in [1, {MAX_IMAGE_SIZE}], got {size!r}")
         self.image_size = size
         if cache is None:
             cache = count * self.channels * size**2 <= _CACHE_LIMIT_BYTES
         self.images: torch.Tensor | None = None
         if cache:
-            pairs = [(first_image, first_label)] + [self._item(i) for i in range(1, count)]
-            self.images = torch.stack([self._convert(image, i) for i, (image, _) in enumerate(pairs)])
-            labels = [label for _, label in pairs]
+            # one source image at a time: a folder of camera photos is gigabytes before resizing
+            self.images = torch.empty(count, self.channels, size, size, dtype=torch.uint8)
+            self.images[0] = self._convert(first_image, 0)
+            del first_image  # a full-size source image: not kept while the others decode
+            labels = [first_label]
+            for i in range(1, count):
+                image, label = self._item(i)
+                self.images[i] = self._convert(image, i)
+                labels.append(label)
         else:
             labels = self._labels(count, first_label)
         self.labels = torch.tensor(labels, dtype=torch.int64)
@@ -98,6 +103,9 @@ class WrappedDataset(ImageDataset):
 
     def _labels(self, count: int, first: int) -> list[int]:
         """Every item's label, read from a labels column when the source has one (no decoding)."""
+        if getattr(self.source, "target_transform", None) is not None:
+            # the column holds the labels before the transform the items apply
+            return [first] + [self._item(i)[1] for i in range(1, count)]
         for column in (getattr(self.source, "targets", None), getattr(self.source, "labels", None)):
             if column is not None and len(column) == count:
                 return [int(label) for label in column]
@@ -122,9 +130,8 @@ class WrappedDataset(ImageDataset):
         if pixels.shape[0] != self.channels:
             if self.channels == 3:
                 pixels = pixels.expand(3, -1, -1)
-            else:
-                pixels = (_LUMA.view(3, 1, 1) * pixels.float()).sum(0, keepdim=True)
-                pixels = pixels.round_().clamp_(0, 255).to(torch.uint8)
+            else:  # the channel mean, as natkit's preprocessors and exported encoders convert
+                pixels = pixels.float().mean(0, keepdim=True).round_().to(torch.uint8)
         return pixels.contiguous()
 
     def __len__(self) -> int:
@@ -168,8 +175,8 @@ def _as_tensor(image: Any, index: int, size: int | None = None) -> torch.Tensor:
         array = np.asarray(image.convert("L") if gray else image.convert("RGB"), dtype=np.uint8)
         array = array[..., None] if gray else array
         return torch.from_numpy(np.array(array.transpose(2, 0, 1), order="C"))  # writable
-    if isinstance(image, np.ndarray):
-        image = torch.from_numpy(np.ascontiguousarray(image))
+    if isinstance(image, np.ndarray):  # a copy: torch refuses to share a read-only array
+        image = torch.from_numpy(np.array(image, order="C"))
     if not isinstance(image, torch.Tensor):
         raise DataError(f"dataset[{index}]: expected an image (PIL image, tensor or array), got "
                         f"{type(image).__name__}")
