@@ -56,10 +56,11 @@ def register_preprocessors(register: Any) -> None:
 
 @hookimpl
 def register_datasets(register: Any) -> None:
-    from natkit.datasets import digits, imagefolder, shapes, torchvision_sets
+    from natkit.datasets import digits, imagefolder, shapes, shards, torchvision_sets
 
     register("shapes", shapes.create)
     register("digits", digits.create)
     register("imagefolder", imagefolder.create)
+    register("shards", shards.create)
     register("cifar10", torchvision_sets.create_cifar10)
     register("stl10", torchvision_sets.create_stl10)

@@ -32,6 +32,7 @@ from natkit.errors import (
     one_line,
 )
 from natkit.kinds import BY_NAME, BY_WORD, TABLE
+from natkit.shards import shards as shards_command
 from natkit.version import __version__
 
 if TYPE_CHECKING:  # torch is imported only by the commands that need it
@@ -154,14 +155,12 @@ def run(
     epochs: Annotated[int | None, typer.Option(help="Training epochs (train.epochs).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed of the whole run.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
-    out_dir: Annotated[Path | None, typer.Option("--out", "-o",
-                                                 help="Run directory [default: runs/<time>].")]
-    = None,
+    out_dir: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Run directory [default: runs/<time>].")] = None,
     preset: PresetOption = None,
     config_file: ConfigOption = None,
     overrides: SetOption = None,
-    resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory.")]
-    = None,
+    resume: Annotated[Path | None, typer.Option(help="Continue the run in this directory.")] = None,
     evaluate: Annotated[bool, typer.Option("--eval/--no-eval",
                                            help="Evaluate the features after training.")] = True,
 ) -> None:
@@ -182,14 +181,12 @@ def run(
     from natkit import distributed
     from natkit.builders import read_run_config
 
-    texts = _option_overrides(overrides, **{"train.epochs": epochs, "seed": seed,
-                                            "device": device})
+    texts = _option_overrides(overrides, **{"train.epochs": epochs, "seed": seed, "device": device})
     if resume is not None:
         if out_dir is not None and out_dir != resume:
             raise NatkitError("--out: a resumed run stays in its directory; drop --out")
         if preset is not None:
-            raise NatkitError("--preset: a resumed run keeps the config it started with; "
-                              "drop --preset")
+            raise NatkitError("--preset: a resumed run keeps the config it started with; drop --preset")
         saved = read_run_config(resume)
         config = cfg.build(config_file, texts, base=saved.to_dict(), **components)
     else:
@@ -390,6 +387,9 @@ def config_command(
 ) -> None:
     """Print the resolved config (defaults, then --preset, --config and --set) as YAML."""
     typer.echo(cfg.dump(cfg.build(config_file, overrides, preset=preset)), nl=False)
+
+
+app.command("shards")(user_errors(shards_command))  # its options live in natkit.shards
 
 
 def main() -> None:

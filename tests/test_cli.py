@@ -26,7 +26,7 @@ runner = CliRunner()
     ("targets", ["sphere", "basis"]),
     ("preprocessors", ["sobel", "clean", "highpass"]),
     ("backbones", ["alexnet", "timm:<name>"]),
-    ("datasets", ["shapes", "digits", "imagefolder", "cifar10", "stl10"]),
+    ("datasets", ["shapes", "digits", "imagefolder", "shards", "cifar10", "stl10"]),
 ])
 def test_list_shows_every_component_with_its_plugin(host, kind, expected):
     result = runner.invoke(app, ["list", kind], terminal_width=200)

@@ -101,7 +101,7 @@ def test_builtin_names(host):
     assert natkit.list_components("methods") == ["nat", "supervised"]
     assert natkit.list_components("preprocess") == ["clean", "highpass", "sobel"]
     assert natkit.list_components("backbone") == ["alexnet", "timm:<name>"]
-    assert natkit.list_components("dataset", "s*") == ["shapes", "stl10"]
+    assert natkit.list_components("dataset", "s*") == ["shapes", "shards", "stl10"]
 
 
 def test_unknown_kind(host):

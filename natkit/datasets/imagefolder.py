@@ -22,8 +22,8 @@ from typing import Annotated, Literal
 import numpy as np
 import torch
 
-from natkit.datasets.base import ImageDataset, stratified_split
-from natkit.datasets.gpu_decode import EncodedBatch
+from natkit.datasets.base import stratified_split
+from natkit.datasets.encoded import CACHE_LIMIT_BYTES, EncodedImages
 from natkit.datasets.images import (
     UNREADABLE,
     ImageReadWarning,
@@ -38,8 +38,6 @@ from natkit.values import MAX_IMAGE_SIZE, Bounds
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolder", "ImageReadWarning", "create", "load_image",
            "to_rgb_array"]
 
-_CACHE_LIMIT_BYTES = 1 << 30  # decode everything up front below 1 GiB of pixels
-
 
 def _split_roots(root: Path) -> tuple[Path, Path] | None:
     for test_name in ("test", "val"):
@@ -48,7 +46,7 @@ def _split_roots(root: Path) -> tuple[Path, Path] | None:
     return None
 
 
-class ImageFolder(ImageDataset):
+class ImageFolder(EncodedImages):
     """Images under class folders, loaded at ``image_size`` (held in memory when small)."""
 
     def __init__(self, root: Path, files: Sequence[str], labels: Sequence[int], classes: list[str],
@@ -70,7 +68,7 @@ class ImageFolder(ImageDataset):
             kept_files.append(rel)
             kept_labels.append(label)
         if cache is None:
-            cache = len(kept_files) * 3 * image_size**2 <= _CACHE_LIMIT_BYTES
+            cache = len(kept_files) * 3 * image_size**2 <= CACHE_LIMIT_BYTES
         self.images: torch.Tensor | None = None
         if cache:
             decoded, kept = [], []
@@ -121,40 +119,8 @@ class ImageFolder(ImageDataset):
             self._skip(path, f"{type(exc).__name__}: {exc}")
             return torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8)
 
-    def load(self, index: int) -> torch.Tensor:
-        return self._read(index).float().div_(255.0)
-
-    def get_batch(self, indices: torch.Tensor) -> torch.Tensor:
-        if self.images is not None:
-            return self.images[indices].float().div_(255.0)
-        return super().get_batch(indices)
-
-    @property
-    def _decodes_on_device(self) -> bool:
-        return self.decode == "gpu" and self.images is None
-
-    def raw_item(self, index: int) -> torch.Tensor:
-        """uint8 pixels, or the file's bytes when the batch is decoded on the GPU."""
-        if self._decodes_on_device:
-            return read_bytes(self.path(index))
-        return self._read(index)
-
-    def raw_batch(self, indices: torch.Tensor) -> torch.Tensor | EncodedBatch:
-        if self.images is not None:
-            return self.images[indices]
-        return self.collate_raw([self.raw_item(int(i)) for i in indices])
-
-    def collate_raw(self, items: list[torch.Tensor]) -> torch.Tensor | EncodedBatch:
-        """Stack pixels; pack encoded files (of different lengths) into one tensor."""
-        return EncodedBatch.pack(items) if self._decodes_on_device else torch.stack(items)
-
-    def decode_raw(self, raw: torch.Tensor | EncodedBatch, device: torch.device) -> torch.Tensor:
-        """Decode a batch of encoded files on ``device``; pixels pass through."""
-        if not isinstance(raw, EncodedBatch):
-            return raw
-        from natkit.datasets.gpu_decode import decode_batch
-
-        return decode_batch(raw.files(), self.image_size, device)
+    def _encoded(self, index: int) -> torch.Tensor:
+        return read_bytes(self.path(index))
 
 
 def create(*, split: Literal["train", "test"] = "train", root: str = "data",
