@@ -121,6 +121,10 @@ def check_bn_batch(config: cfg.Config, comm: Comm = SINGLE) -> None:
                           f"every rank, train.bn_batch={t.bn_batch} splits them; set sync_bn to "
                           "false (or null) with bn_batch, or bn_batch to null")
     share = t.batch_size // comm.world_size
+    if share // -(-share // t.bn_batch) < 2:  # the near-equal groups: BatchNorm needs 2 images
+        raise ConfigError(f"train.bn_batch: {t.bn_batch} splits each rank's {share} images into "
+                          "groups of 1, which BatchNorm cannot normalise; set it to 2 or more "
+                          "images per group (or null)")
     if share < min(t.bn_batch, t.batch_size):
         raise ConfigError(f"train.bn_batch: {t.bn_batch} images per BatchNorm statistic, but each "
                           f"of the {comm.world_size} ranks holds {share} of the batch of "

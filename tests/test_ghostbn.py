@@ -104,3 +104,11 @@ def test_one_process_takes_a_bn_batch_larger_than_its_batch(tiny_config):
     model, _ = builders.training_network(config, network, torch.device("cpu"))
     x = dataset.get_batch(torch.arange(16))
     torch.testing.assert_close(model.train()(x), plain(x))
+
+
+def test_bn_batch_that_would_leave_a_group_of_one_is_refused(tiny_config):
+    config = tiny_config("train.batch_size=3", "train.bn_batch=2")
+    with pytest.raises(ConfigError, match=r"^train.bn_batch: 2 splits each rank's 3 images into "
+                                          r"groups of 1"):
+        builders.check_bn_batch(config)
+    builders.check_bn_batch(tiny_config("train.batch_size=4", "train.bn_batch=2"))

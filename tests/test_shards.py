@@ -220,6 +220,32 @@ def test_existing_output_is_kept_without_force_and_anything_else_always(host, tm
     assert (mine / "notes.txt").read_text() == "keep me"
 
 
+def test_force_replaces_shards_but_never_what_lies_beside_them(host, tmp_path, photos):
+    out = written(photos, tmp_path / "out")
+    (out / "photos").mkdir()  # e.g. the source images, copied next to their shards
+    (out / "photos" / "a.jpg").write_bytes(b"precious")
+    one_error_line(shards(photos, out, "--force"), "holds shards and other files ('photos', ...)"
+                                                   "; they are kept, even with --force")
+    assert (out / "photos" / "a.jpg").read_bytes() == b"precious"
+
+
+def test_sigterm_while_writing_cleans_up_as_ctrl_c_does(tmp_path):
+    src = write_jpeg_folder(tmp_path / "src", 300, (300, 225), classes=2)
+    proc = subprocess.Popen([sys.executable, "-m", "natkit", "shards", str(src),
+                             str(tmp_path / "out"), "--workers", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".out.tmp-*/train.bin")) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1].startswith("terminated (SIGTERM): no shards were "
+                                                      "written")
+    assert "Traceback" not in stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
 def test_ctrl_c_while_writing_leaves_nothing(host, tmp_path, photos, monkeypatch):
     calls = []
 
@@ -268,6 +294,7 @@ BAD_ARGUMENTS = {
     "SRC": (["{t}/nowhere", "{t}/out"], "SRC: '{t}/nowhere' is not a directory"),
     "SRC without classes": (["{t}/empty", "{t}/out"], "SRC: '{t}/empty' holds no class folders"),
     "OUT_DIR in SRC": (["{t}/src", "{t}/src/out"], "OUT_DIR: '{t}/src/out' is inside SRC"),
+    "SRC in OUT_DIR": (["{t}/src", "{t}"], "SRC: '{t}/src' is inside OUT_DIR '{t}'"),
 }
 
 
@@ -390,3 +417,10 @@ def test_the_shards_benchmark_times_the_three_readers(host, tmp_path):
     assert len(result["rates"]) == 3 and all(r > 0 for r in result["rates"].values())
     assert result["bytes_per_image"]["raw"] == 3 * 32 * 32
     assert 0 < result["jpeg_difference"]["mean"] < MEAN_BOUND
+
+
+def test_a_broken_test_split_is_refused_before_training(host, tmp_path, photos):
+    out = written(photos, tmp_path / "out", "--encoding", "raw")
+    (out / "test.bin").unlink()
+    with pytest.raises(DataError, match="test"):
+        natkit.create_dataset("shards", split="train", root=str(out))

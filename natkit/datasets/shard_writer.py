@@ -42,6 +42,7 @@ from natkit.datasets.images import UNREADABLE, ImageReadWarning, load_image
 from natkit.datasets.shards import ENCODINGS, FORMAT, MANIFEST, SPLITS, VERSION, data_name, index_name
 from natkit.errors import ConfigError, DataError, Interrupted, OutputError, clip
 from natkit.files import describe_os_error, temporary_path
+from natkit.signals import Terminated, terminate_as_interrupt
 from natkit.values import MAX_IMAGE_SIZE, Bounds, coerce
 from natkit.version import __version__
 
@@ -86,6 +87,9 @@ def encode(rel: str, *, root: str, size: int, encoding: str, quality: int) -> tu
 
 def _ignore_interrupts() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    # a forked worker inherits the main process's SIGTERM handler; the pool stops its
+    # workers by SIGTERM, which must end them quietly
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @contextlib.contextmanager
@@ -119,6 +123,9 @@ def _checked(source: Path, out: Path, size: int, quality: int, encoding: str, wo
     if dst == src or src in dst.parents:
         raise ConfigError(f"OUT_DIR: '{out}' is inside SRC '{source}', where it would be read as "
                           "a class folder; write the shards elsewhere")
+    if dst in src.parents:  # replacing OUT_DIR would delete the images being read
+        raise ConfigError(f"SRC: '{source}' is inside OUT_DIR '{out}'; write the shards to a "
+                          "folder that does not hold the images")
 
 
 def _check_replaceable(out: Path, force: bool) -> None:
@@ -132,6 +139,15 @@ def _check_replaceable(out: Path, force: bool) -> None:
                           "kept, even with --force: choose another OUT_DIR")
     if not force:
         raise OutputError(f"OUT_DIR: '{out}' already holds shards; give --force to replace them")
+    others = sorted(p.name for p in out.iterdir() if not _shard_file(p.name))
+    if others:  # --force replaces shards, never what a user put beside them
+        raise OutputError(f"OUT_DIR: '{out}' holds shards and other files ('{others[0]}', ...); "
+                          "they are kept, even with --force: choose another OUT_DIR")
+
+
+def _shard_file(name: str) -> bool:
+    """Whether ``name`` is a file a shards folder holds (its manifest, records and indexes)."""
+    return name == MANIFEST or name.endswith((".bin", ".index.npz"))
 
 
 def _remove_unfinished(out: Path, say: Callable[[str], None]) -> None:
@@ -242,7 +258,8 @@ def write_shards(source: Path, out: Path, *, size: int = 256, quality: int = 95,
     start = time.perf_counter()
     try:
         tmp.mkdir(parents=True)
-        with _mapper(workers) as mapper, _progress(console) as bar:
+        # SIGTERM (a cluster's time limit) cleans up as Ctrl-C does: the folder may be 100s of GB
+        with terminate_as_interrupt(), _mapper(workers) as mapper, _progress(console) as bar:
             task = bar.add_task(f"shards of {source.name}",
                                 total=sum(len(d) for d in datasets.values()))
             splits = [_write_split(tmp, source, split, datasets[split], job, mapper,
@@ -254,8 +271,11 @@ def write_shards(source: Path, out: Path, *, size: int = 256, quality: int = 95,
             f.flush()
             os.fsync(f.fileno())
         _move_into_place(tmp, out)
-    except KeyboardInterrupt:
-        raise Interrupted(f"interrupted: no shards were written; '{out}' is as it was") from None
+    except KeyboardInterrupt as stop:
+        cause = "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
+        interrupted = Interrupted(f"{cause}: no shards were written; '{out}' is as it was")
+        interrupted.exit_code = 143 if isinstance(stop, Terminated) else 130
+        raise interrupted from None
     except OSError as exc:
         raise OutputError(f"OUT_DIR: cannot write '{exc.filename or tmp}': "
                           f"{describe_os_error(exc)}; '{out}' is as it was") from None

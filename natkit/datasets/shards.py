@@ -276,4 +276,7 @@ def create(*, split: Literal["train", "test"] = "train", root: str = "data",
         from natkit.datasets.gpu_decode import check_available
 
         check_available()
+    for other in manifest.splits:  # a broken test split is found now, not after training
+        if other != split:
+            ShardDataset(base, other, manifest, size, False, "cpu")
     return ShardDataset(base, split, manifest, size, cache, decode)

@@ -89,8 +89,9 @@ def on_run_start(run: Any) -> None:
         from tensorboard.plugins.hparams import summary_v2
         from torch.utils.tensorboard import SummaryWriter
 
-        # a resumed run hides what was written after its checkpoint (steps > run.step)
-        writer = SummaryWriter(str(run.dir / LOG_DIR), purge_step=run.step + 1 if run.step else None)
+        # a resumed run hides what was written after its checkpoint (steps > run.step), a run
+        # resumed before its first checkpoint all that a killed start wrote
+        writer = SummaryWriter(str(run.dir / LOG_DIR), purge_step=run.step + 1)
         _writers[run] = writer
         writer.file_writer.add_summary(summary_v2.hparams_pb(scalars.hparams(run.config)), run.step)
         writer.flush()

@@ -136,3 +136,18 @@ def test_a_resumed_run_continues_the_log_without_repeating_steps(natkit_host, ti
     assert [step for step, _ in series(acc, "train/loss")] == [2, 4, 6, 8]
     assert_matches_metrics(acc, out)
     assert [step for step, _ in series(acc, "reassign/changed")] == [1, 2, 3, 4]  # epoch 0 only
+
+
+def test_a_run_resumed_before_its_first_checkpoint_logs_each_step_once(natkit_host, tiny_config,
+                                                                        tmp_path):
+    out, quiet = tmp_path / "run", Console(stderr=True, quiet=True)
+    natkit_host.register(CrashAt(2), name="crash")  # in epoch 0: no checkpoint yet
+    with pytest.raises(RuntimeError, match="crashed"):
+        lifecycle.execute(lifecycle.start(tiny_config("train.log_every=1"), out, console=quiet),
+                          evaluate=False)
+    natkit_host.unregister("crash")
+    assert not (out / "checkpoint.pt").exists()
+    lifecycle.execute(lifecycle.resume(out, console=quiet), evaluate=False)
+    acc = events(out)
+    assert [step for step, _ in series(acc, "train/loss")] == list(range(1, 9))
+    assert_matches_metrics(acc, out)

@@ -47,6 +47,8 @@ class LoggingStopped(UserWarning):
 # Per run, so that several runs in one process (tests, notebooks) never share a W&B run;
 # weak keys, so a finished run's goes with it. None: logging stopped for that run.
 _runs: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+# per run: the exception being handled when it started (a caller's retry loop, a notebook cell)
+_handled_at_start: weakref.WeakKeyDictionary[Any, BaseException | None] = weakref.WeakKeyDictionary()
 
 
 def _reason(exc: Exception) -> str:
@@ -99,6 +101,8 @@ def _read_id(path: Path) -> str | None:
 def on_run_start(run: Any) -> None:
     """Start (or resume) the run's W&B run; wandb is imported here."""
     _finish(run)  # a view started again (not natkit's loop): its old W&B run ends first
+    # an exception the caller is handling when the run starts is not the run's failure
+    _handled_at_start[run] = sys.exc_info()[1]
     if disabled():
         return
     with _logging(run):
@@ -172,5 +176,8 @@ def _finish(run: Any) -> None:
     if logger is not None:
         with _logging(run):
             # on_run_end fires on every way out: an exception on its way up means the run failed
-            logger.finish(exit_code=0 if sys.exc_info()[1] is None else 1)
+            raised = sys.exc_info()[1]
+            failed = raised is not None and raised is not _handled_at_start.get(run)
+            logger.finish(exit_code=1 if failed else 0)
     _runs.pop(run, None)
+    _handled_at_start.pop(run, None)

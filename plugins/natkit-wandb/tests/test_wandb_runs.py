@@ -126,3 +126,16 @@ def test_a_run_ending_in_an_error_is_marked_failed(natkit_host, tiny_config, tmp
     [session] = wandb_sessions(out)
     assert session.exit_code == 1
     assert max(session.history) == 4  # crashed in step 6's hooks, before it was logged
+
+
+def test_a_run_started_while_the_caller_handles_an_error_is_not_marked_failed(
+        natkit_host, tiny_config, tmp_path, wandb_sessions):
+    out = tmp_path / "run"
+    try:
+        raise ConnectionError("the first attempt failed")  # a retry loop, a notebook cell
+    except ConnectionError:
+        outcome = lifecycle.execute(lifecycle.start(tiny_config("train.epochs=1"), out,
+                                                    console=QUIET), evaluate=False)
+    assert outcome.finished
+    [session] = wandb_sessions(out)
+    assert session.exit_code == 0
