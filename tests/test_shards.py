@@ -424,3 +424,18 @@ def test_a_broken_test_split_is_refused_before_training(host, tmp_path, photos):
     (out / "test.bin").unlink()
     with pytest.raises(DataError, match="test"):
         natkit.create_dataset("shards", split="train", root=str(out))
+
+
+def test_a_train_tree_that_is_a_symbolic_link_is_written_as_imagefolder_reads_it(host, tmp_path):
+    write_jpeg_folder(tmp_path / "elsewhere", 12, (40, 30), classes=2)
+    trees = tmp_path / "trees"
+    trees.mkdir()
+    (trees / "train").symlink_to(tmp_path / "elsewhere")
+    write_jpeg_folder(trees / "test", 6, (40, 30), classes=2, seed=1)
+    out = written(trees, tmp_path / "out", "--encoding", "raw", "--size", "16")
+    for split in ("train", "test"):
+        ours = natkit.create_dataset("shards", split=split, root=str(out))
+        theirs = imagefolder.create(split=split, root=str(trees), image_size=16,
+                                    index_cache=False)
+        assert torch.equal(ours.labels, theirs.labels)
+        assert torch.equal(ours.raw_item(len(ours) - 1), theirs.raw_item(len(theirs) - 1))

@@ -182,12 +182,18 @@ def _datasets(source: Path, size: int, test_fraction: float, seed: int) -> dict[
         raise DataError(f"SRC: {str(exc).removeprefix('data.root: ')}") from None
 
 
+def _relative(path: Path, source: Path) -> str:
+    """``path`` relative to ``source``; through '..' when a tree of it is a symbolic link
+    (imagefolder's files then lie where the link points)."""
+    return Path(os.path.relpath(path, source)).as_posix()
+
+
 def _write_split(folder: Path, source: Path, split: str, dataset: Any, job: Callable[[str], Any],
                  mapper: Callable[..., Iterator[Any]], advance: Callable[[], None]) -> SplitWritten:
     """Write one split's records and index into ``folder``; paths are relative to ``source``."""
-    written = SplitWritten(split, skipped=[(p.relative_to(source).as_posix(), why)
+    written = SplitWritten(split, skipped=[(_relative(p, source), why)
                                            for p, why in dataset.skipped])
-    rels = [p.relative_to(source).as_posix() for p in dataset.files]
+    rels = [_relative(p, source) for p in dataset.files]
     offsets, labels, crcs, kept = [0], [], [], []
     with open(folder / data_name(split), "wb") as f:
         for i, (record, why) in enumerate(mapper(job, rels)):
