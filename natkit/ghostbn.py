@@ -48,32 +48,26 @@ def grouped_batchnorm(bn: _BatchNorm, x: torch.Tensor,
         F.batch_norm(part, None, None, bn.weight, bn.bias, True, 0.0, bn.eps) for part in rest)])
 
 
-class GhostBatchNorm1d(nn.BatchNorm1d):
+class _Ghost:
+    """What makes a BatchNorm class a ghost one: its ``group``, and a grouped training forward."""
+
+    def __init__(self, *args: Any, group: int = 128, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.group = group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return grouped_batchnorm(self, x, super().forward)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, group={self.group}"
+
+
+class GhostBatchNorm1d(_Ghost, nn.BatchNorm1d):
     """:class:`torch.nn.BatchNorm1d` over groups of at most ``group`` images in training."""
 
-    def __init__(self, *args: Any, group: int = 128, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.group = group
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return grouped_batchnorm(self, x, super().forward)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, group={self.group}"
-
-
-class GhostBatchNorm2d(nn.BatchNorm2d):
+class GhostBatchNorm2d(_Ghost, nn.BatchNorm2d):
     """:class:`torch.nn.BatchNorm2d` over groups of at most ``group`` images in training."""
-
-    def __init__(self, *args: Any, group: int = 128, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.group = group
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return grouped_batchnorm(self, x, super().forward)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, group={self.group}"
 
 
 GHOSTS: dict[type[nn.Module], type[nn.Module]] = {

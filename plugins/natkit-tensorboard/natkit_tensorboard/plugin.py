@@ -2,7 +2,7 @@
 
 At the run's step (``run.step``) as the global step, one ``SummaryWriter`` per run writes:
 
-- the scalars of :mod:`natkit_tensorboard.scalars`: each logging step's ``train/``
+- the scalars of :mod:`natkit.tracking`: each logging step's ``train/``
   record, each reassignment's ``reassign/`` statistics, each epoch's ``epoch/`` summary
   and, after an evaluation, results.json's ``probe/`` leaves;
 - after an evaluation, the plots it drew (``plots/loss``, ``plots/filters``,
@@ -26,9 +26,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import natkit
+from natkit import tracking
 from natkit.errors import one_line
 from natkit.files import describe_os_error
-from natkit_tensorboard import scalars
 
 LOG_DIR = "tensorboard"  # RUN_DIR/tensorboard
 PLUGIN = "natkit-tensorboard"
@@ -93,26 +93,26 @@ def on_run_start(run: Any) -> None:
         # resumed before its first checkpoint all that a killed start wrote
         writer = SummaryWriter(str(run.dir / LOG_DIR), purge_step=run.step + 1)
         _writers[run] = writer
-        writer.file_writer.add_summary(summary_v2.hparams_pb(scalars.hparams(run.config)), run.step)
+        writer.file_writer.add_summary(summary_v2.hparams_pb(tracking.hparams(run.config)), run.step)
         writer.flush()
 
 
 @natkit.hookimpl
 def on_step_end(run: Any, metrics: dict[str, Any]) -> None:
     """Log a logging step's loss, learning rate and speed."""
-    _add_scalars(run, scalars.numbers(metrics, scalars.TRAIN))
+    _add_scalars(run, tracking.numbers(metrics, tracking.TRAIN))
 
 
 @natkit.hookimpl
 def on_reassign(run: Any, metrics: dict[str, Any]) -> None:
     """Log what the method reported when it reassigned targets."""
-    _add_scalars(run, scalars.numbers(metrics, scalars.REASSIGN))
+    _add_scalars(run, tracking.numbers(metrics, tracking.REASSIGN))
 
 
 @natkit.hookimpl
 def on_epoch_end(run: Any, metrics: dict[str, Any]) -> None:
     """Log the epoch's summary, and write the events out: the epoch's checkpoint is on disk."""
-    _add_scalars(run, scalars.numbers(metrics, scalars.EPOCH))
+    _add_scalars(run, tracking.numbers(metrics, tracking.EPOCH))
     writer = _writers.get(run)
     if writer is not None:
         with _logging(run):
@@ -124,7 +124,7 @@ def on_run_end(run: Any, results: dict[str, Any] | None) -> None:
     """Log the evaluation (results and plots) when there was one, then close the writer."""
     writer = _writers.get(run)
     if writer is not None and results is not None:
-        _add_scalars(run, scalars.results(results))
+        _add_scalars(run, tracking.results(results))
         with _logging(run):
             _add_plots(writer, run)
     _close(run)
@@ -142,7 +142,7 @@ def _add_plots(writer: Any, run: Any) -> None:
         if path.is_file():
             with Image.open(path) as image:
                 pixels = np.asarray(image.convert("RGB"))
-            writer.add_image(f"{scalars.PLOTS}/{path.stem}", pixels, run.step, dataformats="HWC")
+            writer.add_image(f"{tracking.PLOTS}/{path.stem}", pixels, run.step, dataformats="HWC")
 
 
 def _close(run: Any) -> None:

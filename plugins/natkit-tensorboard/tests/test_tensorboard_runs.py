@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from natkit_tensorboard.plugin import LOG_DIR
-from natkit_tensorboard.scalars import flatten
 from PIL import Image
 from rich.console import Console
 from tensorboard.backend.event_processing import event_accumulator as ea
@@ -17,6 +16,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from natkit import lifecycle
 from natkit.hookspecs import hookimpl
+from natkit.tracking import flatten
 
 STEP_KEYS = ("loss", "lr", "images_per_s")
 EPOCH_KEYS = ("loss", "changed", "lr", "seconds", "images_per_s")

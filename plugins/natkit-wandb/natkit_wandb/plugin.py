@@ -4,7 +4,7 @@ One W&B run per natkit run, kept in RUN_DIR/wandb, offline unless the user is lo
 in (:mod:`natkit_wandb.login`; ``WANDB_MODE`` decides when set). At the run's step
 (``run.step``) as W&B's step, it logs:
 
-- the scalars of :mod:`natkit_wandb.scalars`: each logging step's ``train/`` record,
+- the scalars of :mod:`natkit.tracking`: each logging step's ``train/`` record,
   each reassignment's ``reassign/`` statistics, each epoch's ``epoch/`` summary and,
   after an evaluation, results.json's ``probe/`` leaves (also the run's summary);
 - after an evaluation, the plots it drew (``plots/loss``, ``plots/filters``,
@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import natkit
-from natkit import files
+from natkit import files, tracking
 from natkit.errors import one_line
 from natkit.files import describe_os_error
-from natkit_wandb import scalars
 from natkit_wandb.login import choose_mode, disabled
 
 LOG_DIR = "wandb"  # wandb.init(dir=RUN_DIR) keeps its files in RUN_DIR/wandb
@@ -135,26 +134,26 @@ def on_run_start(run: Any) -> None:
 @natkit.hookimpl
 def on_step_end(run: Any, metrics: dict[str, Any]) -> None:
     """Log a logging step's loss, learning rate and speed."""
-    _log(run, scalars.numbers(metrics, scalars.TRAIN))
+    _log(run, tracking.numbers(metrics, tracking.TRAIN))
 
 
 @natkit.hookimpl
 def on_reassign(run: Any, metrics: dict[str, Any]) -> None:
     """Log what the method reported when it reassigned targets."""
-    _log(run, scalars.numbers(metrics, scalars.REASSIGN))
+    _log(run, tracking.numbers(metrics, tracking.REASSIGN))
 
 
 @natkit.hookimpl
 def on_epoch_end(run: Any, metrics: dict[str, Any]) -> None:
     """Log the epoch's summary."""
-    _log(run, scalars.numbers(metrics, scalars.EPOCH))
+    _log(run, tracking.numbers(metrics, tracking.EPOCH))
 
 
 @natkit.hookimpl
 def on_run_end(run: Any, results: dict[str, Any] | None) -> None:
     """Log the evaluation (results and plots) when there was one, then finish the W&B run."""
     if _runs.get(run) is not None and results is not None:
-        _log(run, scalars.results(results))
+        _log(run, tracking.results(results))
         with _logging(run):
             _log(run, _plots(run))
     _finish(run)
@@ -167,7 +166,7 @@ def _plots(run: Any) -> dict[str, Any]:
     from natkit.evaluation.outputs import PLOTS
 
     paths = [run.dir / name for name in PLOTS]
-    return {f"{scalars.PLOTS}/{p.stem}": wandb.Image(str(p)) for p in paths if p.is_file()}
+    return {f"{tracking.PLOTS}/{p.stem}": wandb.Image(str(p)) for p in paths if p.is_file()}
 
 
 def _finish(run: Any) -> None:

@@ -1,10 +1,10 @@
-"""The names and values a run's records, results and config are logged under."""
+"""natkit.tracking: the names and values a logger plugin logs a run's records, results and config under."""
 
 from __future__ import annotations
 
 import json
 
-from natkit_tensorboard.scalars import flatten, hparams, numbers, results
+from natkit.tracking import flatten, hparams, numbers, results
 
 
 def test_a_records_numbers_are_named_by_section_and_key():

@@ -1,16 +1,19 @@
-"""What a run logs: its metrics records and results as named scalars.
+"""What an experiment tracker logs of a run: its records and results as named scalars.
 
-Scalars are named ``SECTION/KEY``: ``train/`` for a logging step's record (``train/loss``,
+For logger plugins (``plugins/natkit-tensorboard``, ``plugins/natkit-wandb``, and yours):
+scalars are named ``SECTION/KEY``: ``train/`` for a logging step's record (``train/loss``,
 ``train/lr``, ``train/images_per_s``), ``reassign/`` for what the method reports when it
 reassigns (NAT: ``reassign/changed``, ``reassign/cost_before``, ``reassign/cost_after``),
 ``epoch/`` for an epoch's summary (``epoch/loss``, ``epoch/changed``, ``epoch/seconds``, ...)
-and ``probe/`` for results.json's leaves (``probe/linear/trained``). Keys that only place a
-record (``kind``, ``epoch``, ``step``, ``world_size``) and values that are not numbers
-(``changed`` of an epoch without reassignment is None) are left out.
+and ``probe/`` for results.json's leaves (``probe/linear/trained``); ``plots/`` names the
+evaluation's pictures. Keys that only place a record (``kind``, ``epoch``, ``step``,
+``world_size``) and values that are not numbers (``changed`` of an epoch without
+reassignment is None) are left out.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,3 +50,8 @@ def results(data: Mapping[str, Any]) -> dict[str, float]:
     """results.json's numeric leaves as ``probe/...`` scalars."""
     return {name: float(v) for name, v in flatten(data, PROBE).items() if is_number(v)}
 
+
+def hparams(config: Any) -> dict[str, bool | int | float | str]:
+    """A resolved config as flat hyperparameters: dotted keys, lists and None written as JSON."""
+    return {name: v if isinstance(v, (bool, int, float, str)) else json.dumps(v, default=str)
+            for name, v in flatten(config.to_dict(), sep=".").items()}
