@@ -128,6 +128,23 @@ def test_a_table_capped_in_seeds_runs_no_more_than_its_cap(tmp_path, monkeypatch
     assert asked == {"dim": 2, "period": 2}  # a cap never adds seeds
 
 
+def test_a_table_spends_its_own_seeds_only_when_seeds_are_not_given(tmp_path, monkeypatch):
+    asked = {}
+
+    def run_table(table, scale, seeds, *rest):
+        asked[table.key] = seeds
+        return []
+    monkeypatch.setattr("benchmarks.__main__.run_table", run_table)
+    monkeypatch.setattr("benchmarks.records.write_csv", lambda measured, path: None)
+    folders = ["--out", str(tmp_path / "r"), "--runs", str(tmp_path / "runs")]
+    assert TABLES["preprocess_nat"].tiny_seeds == 8 and TABLES["period"].tiny_seeds is None
+    assert runner.invoke(app, ["preprocess_nat", "period", *folders]).exit_code == 0
+    assert asked == {"preprocess_nat": 8, "period": 4}
+    asked.clear()  # --seeds is every table's, a table's own default notwithstanding
+    assert runner.invoke(app, ["preprocess_nat", "--seeds", "2", *folders]).exit_code == 0
+    assert asked == {"preprocess_nat": 2}
+
+
 def test_supervised_tables_train_with_the_supervised_recipe_of_their_scale():
     def built(key, scale, setting=0):
         table = TABLES[key]
