@@ -11,8 +11,10 @@ export NATKIT_DISABLE_PLUGIN_AUTOLOAD=1  # only natkit's own components are time
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/machine.txt"
 python3 -c "import torch, ot; print('torch', torch.__version__, 'pot', ot.__version__)" | tee -a "$out/machine.txt"
 
-# the speed suite on the GPU: solvers on the device, NAT against supervised steps, switches
-python3 -m benchmarks.speed --device cuda --out "$out" > "$out/speed.log" 2>&1
+# the speed suite on the GPU: solvers on the device, NAT against supervised steps, switches;
+# SESSION=1 runs the short configuration instead (~150 s on an H200: b <= 1024, the paper's and
+# the default's steps with hungarian and auction, profiles of the reassigning step)
+python3 -m benchmarks.speed --device cuda ${SESSION:+--session} --out "$out" > "$out/speed.log" 2>&1
 speed=$?
 tail -n 5 "$out/speed.log"
 

@@ -12,12 +12,36 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from natkit.solvers import InvalidSolution, solution_problem
 from natkit.targets import Targets
+
+# torch.profiler ranges of a reassignment (cheap when no profiler runs); the speed
+# suite's profile attributes a step's time by these names, so keep them stable
+RANGE_TARGETS = "natkit.reassign.targets"
+RANGE_COST = "natkit.reassign.cost"
+RANGE_SOLVE = "natkit.reassign.solve"
+RANGE_VALIDATE_SYNC = "natkit.reassign.validate_sync"
+RANGE_UPDATE_P = "natkit.reassign.update_P"
+
+
+# "auto" off CUDA: the fixed limit that was the default before "auto"
+CPU_CACHE_LIMIT_MB = 1024.0
+# "auto" on CUDA: the bank may take this share of the device's free memory at start,
+# leaving the rest to activations (sphere d=2048 at ImageNet's n is 10.5 GB)
+DEVICE_FREE_SHARE = 0.5
+
+
+def auto_cache_limit_mb(device: torch.device | str) -> float:
+    """The cache limit that ``cache_targets_mb: auto`` means on ``device``, in MB."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return CPU_CACHE_LIMIT_MB
+    free, _total = torch.cuda.mem_get_info(device)
+    return DEVICE_FREE_SHARE * free / 2**20
 
 
 @dataclass(frozen=True)
@@ -35,7 +59,8 @@ class AssignmentState:
     """The permutation P (image -> target id) and the target distribution it indexes."""
 
     def __init__(self, targets: Targets, num_images: int, *, generator: torch.Generator | None = None,
-                 device: torch.device | str = "cpu", cache_limit_mb: float = 1024.0) -> None:
+                 device: torch.device | str = "cpu",
+                 cache_limit_mb: float | Literal["auto"] = 1024.0) -> None:
         if num_images < 1:
             raise ValueError(f"num_images must be >= 1, got {num_images}")
         self.targets = targets
@@ -43,6 +68,8 @@ class AssignmentState:
         self.device = torch.device(device)
         self.perm = torch.randperm(num_images, generator=generator).to(self.device)
         self._bank: torch.Tensor | None = None
+        if cache_limit_mb == "auto":
+            cache_limit_mb = auto_cache_limit_mb(self.device)
         if self.fits_cache(num_images, targets.dim, cache_limit_mb):
             self._bank = targets(torch.arange(num_images, device=self.device))
 
@@ -57,7 +84,8 @@ class AssignmentState:
         return self._bank is not None
 
     def _by_id(self, ids: torch.Tensor) -> torch.Tensor:
-        return self._bank[ids] if self._bank is not None else self.targets(ids)
+        with torch.profiler.record_function(RANGE_TARGETS):
+            return self._bank[ids] if self._bank is not None else self.targets(ids)
 
     def targets_of(self, indices: torch.Tensor) -> torch.Tensor:
         """The current targets of the images ``indices``, ``[b, dim]``."""
@@ -73,22 +101,25 @@ class AssignmentState:
         indices = indices.to(self.device)
         ids = self.perm[indices]
         held = self._by_id(ids)
-        # unit vectors: ||f - c||^2 = 2 - 2 <f, c>, so the inner product is the whole cost
-        cost = -(features.detach().float() @ held.to(features.device, torch.float32).t())
+        with torch.profiler.record_function(RANGE_COST):
+            # unit vectors: ||f - c||^2 = 2 - 2 <f, c>, so the inner product is the whole cost
+            cost = -(features.detach().float() @ held.to(features.device, torch.float32).t())
         b = len(indices)
-        cols = solver(cost)
+        with torch.profiler.record_function(RANGE_SOLVE):
+            cols = solver(cost)
         problem = solution_problem(cols, b)
         if problem is not None:
             raise InvalidSolution(f"returned {problem}")
-        rows = torch.arange(b, device=cost.device)
-        # clamped so that a bad answer cannot index out of bounds before it is refused
-        safe = cols.to(cost.device, torch.int64).clamp(0, max(b - 1, 0))
-        stats = torch.stack([
-            (torch.sort(cols.to(cost.device)).values == rows).all().float(),
-            (safe != rows).float().mean(),
-            cost.diagonal().sum(),
-            cost[rows, safe].sum(),
-        ]).tolist()  # the one host synchronisation of a reassignment
+        with torch.profiler.record_function(RANGE_VALIDATE_SYNC):
+            rows = torch.arange(b, device=cost.device)
+            # clamped so that a bad answer cannot index out of bounds before it is refused
+            safe = cols.to(cost.device, torch.int64).clamp(0, max(b - 1, 0))
+            stats = torch.stack([
+                (torch.sort(cols.to(cost.device)).values == rows).all().float(),
+                (safe != rows).float().mean(),
+                cost.diagonal().sum(),
+                cost[rows, safe].sum(),
+            ]).tolist()  # the one host synchronisation of a reassignment
         if stats[0] != 1.0:
             raise InvalidSolution(f"returned values that are not each of 0..{b - 1} once")
         cols = safe.to(self.device)
@@ -97,7 +128,8 @@ class AssignmentState:
 
     def apply(self, update: Reassignment) -> None:
         """Write a batch's new target ids into P."""
-        self.perm[update.indices] = update.new_ids
+        with torch.profiler.record_function(RANGE_UPDATE_P):
+            self.perm[update.indices] = update.new_ids
 
     def reassign(self, indices: torch.Tensor, features: torch.Tensor,
                  solver: Callable[[torch.Tensor], torch.Tensor]) -> Reassignment:

@@ -37,9 +37,10 @@ def register_targets(register: Any) -> None:
 
 @hookimpl
 def register_solvers(register: Any) -> None:
-    from natkit.solvers import emd, greedy, hungarian, sinkhorn
+    from natkit.solvers import auction, emd, greedy, hungarian, sinkhorn
 
     register("hungarian", hungarian.create)
+    register("auction", auction.create)
     register("emd", emd.create)
     register("sinkhorn", sinkhorn.create)
     register("greedy", greedy.create)

@@ -49,7 +49,8 @@ def quick():
 
 def test_exact_solvers_reach_the_optimum_and_approximate_ones_do_not_beat_it(host):
     rows = solver_speed(sizes=(16, 48), repeats=2, dim=32, budget_s=30.0, device="cpu")
-    names = natkit.list_components("solver")
+    # the auction is built for CUDA (the CPU only interprets its kernel): not timed here
+    names = [n for n in natkit.list_components("solver") if n != "auction"]
     assert {(r.solver, r.b) for r in rows} == {(n, b) for n in names for b in (16, 48)}
     for r in rows:
         assert r.status == "ok", r

@@ -96,7 +96,7 @@ def test_every_kind_has_builtins_and_accepts_plural_names(host, kind):
 
 
 def test_builtin_names(host):
-    assert natkit.list_components("solver") == ["emd", "greedy", "hungarian", "sinkhorn"]
+    assert natkit.list_components("solver") == ["auction", "emd", "greedy", "hungarian", "sinkhorn"]
     assert natkit.list_components("targets") == ["basis", "sphere"]
     assert natkit.list_components("methods") == ["nat", "supervised"]
     assert natkit.list_components("preprocess") == ["clean", "highpass", "sobel"]

@@ -11,6 +11,7 @@ from scipy.optimize import linear_sum_assignment
 
 import natkit
 from natkit.solvers import assignment_cost, is_permutation
+from natkit.solvers.auction import AuctionSolver
 from natkit.solvers.greedy import mutual_best_assignment
 from natkit.solvers.sinkhorn import SinkhornSolver
 
@@ -36,8 +37,16 @@ def solver(request, host):
     return natkit.create_solver(request.param)
 
 
+def skip_if_interpreted(solver, b: int) -> None:
+    """The auction's CPU path is Triton's interpreter: minutes at b = 256, so small b only here
+    (tests/test_auction_solver.py checks it further, and on CUDA it runs at every size)."""
+    if isinstance(solver, AuctionSolver) and b > 64:
+        pytest.skip("the auction runs on the CPU only through Triton's interpreter")
+
+
 @pytest.mark.parametrize("b", SIZES)
 def test_random_costs_give_a_permutation_at_or_above_the_optimum(solver, b):
+    skip_if_interpreted(solver, b)
     cost = nat_cost(b, seed=b)
     perm = solver(cost)
     assert perm.dtype == torch.int64
@@ -63,6 +72,7 @@ TIED = {
 @pytest.mark.parametrize("b", [2, 5, 64, 256])
 @pytest.mark.parametrize("kind", list(TIED))
 def test_tied_costs_still_give_a_permutation(solver, kind, b):
+    skip_if_interpreted(solver, b)
     cost = TIED[kind](b)
     perm = solver(cost)
     assert is_permutation(perm, b)

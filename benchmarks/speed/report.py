@@ -13,6 +13,7 @@ from benchmarks.distributed import distributed_markdown
 from benchmarks.markdown import ms, ratio, size, table
 from benchmarks.results_page import SPEED_HEADING
 from benchmarks.speed.memory import IMAGENET_TRAIN, MemoryRow
+from benchmarks.speed.profile import profile_markdown
 from benchmarks.speed.solvers import SolverTiming
 from benchmarks.speed.steps import StepTiming, SwitchTiming
 from benchmarks.speed.suite import SpeedResult
@@ -139,6 +140,8 @@ def speed_markdown(results: SpeedResult) -> str:
         lines += ["#### Training step: NAT against supervised", ""]
     for step in results.steps:
         lines += _step_section(step)
+    if results.profiles:
+        lines += [profile_markdown(results.profiles)]
     if results.memory:
         lines += ["#### Assignment memory at ImageNet scale", "", *_memory_lines(results.memory), ""]
     if results.switches:

@@ -123,15 +123,24 @@ def _cell(name: str, solver: Solve, cost: torch.Tensor, best: float, history: li
                    gap_pct=optimality_gap(cost, perm, best))
 
 
+def native_on(solver: Solve, device: torch.device) -> bool:
+    """Whether ``solver`` is built to run on ``device`` (the auction only emulates the CPU)."""
+    devices = getattr(solver, "native_devices", None)
+    return devices is None or device.type in devices
+
+
 def solver_speed(sizes: Sequence[int] = (64, 128, 256, 512, 1024, 2048, 4096), repeats: int = 7,
                  dim: int = 2048, seed: int = 0, budget_s: float = 20.0, *,
                  solvers: Sequence[str] | None = None, device: str = "auto",
                  extra: Mapping[str, Solve] | None = None) -> list[SolverTiming]:
-    """Median solve time and optimality gap of every registered solver (and ``extra``) at each b."""
+    """Median solve time and optimality gap of every registered solver (and ``extra``) at each b;
+    without ``solvers``, those built for the device."""
     dev = builders.pick_device(device)
     sync = synchronizer(dev)
     names = list(solvers) if solvers is not None else natkit.list_components("solver")
     built = {name: natkit.create_solver(name) for name in names}
+    if solvers is None:  # every registered solver, each where it is built to run
+        built = {name: s for name, s in built.items() if native_on(s, dev)}
     built.update(extra or {})
     history: dict[str, list[tuple[int, float]]] = {name: [] for name in built}
     cells: list[SolverTiming] = []

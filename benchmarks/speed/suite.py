@@ -10,8 +10,17 @@ import torch
 from benchmarks.candidates import candidate_solvers
 from benchmarks.distributed import DistributedResult, distributed_speed
 from benchmarks.speed.memory import MemoryRow, assignment_memory
+from benchmarks.speed.profile import StepProfile, profile_step
 from benchmarks.speed.solvers import SolverTiming, solver_speed
-from benchmarks.speed.steps import StepTiming, SwitchTiming, step_cases, step_speed, switch_speed
+from benchmarks.speed.steps import (
+    CUDA_SWITCHES,
+    PAPER_STEP_OVERRIDES,
+    StepTiming,
+    SwitchTiming,
+    step_cases,
+    step_speed,
+    switch_speed,
+)
 from benchmarks.timing import Machine, machine, stopwatch, timed
 from natkit import builders
 
@@ -30,6 +39,8 @@ class SpeedResult:
     switches: tuple[SwitchTiming, ...] = ()
     distributed: DistributedResult | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    profiles: tuple[StepProfile, ...] = ()
+    session: bool = False
 
     @property
     def step(self) -> StepTiming | None:
@@ -56,7 +67,9 @@ class SpeedResult:
             memory=tuple(MemoryRow.from_dict(r) for r in data.get("memory") or ()),
             switches=tuple(SwitchTiming.from_dict(r) for r in data.get("switches") or ()),
             distributed=DistributedResult.from_dict(spread) if spread else None,
-            seconds=data.get("seconds", {}))
+            seconds=data.get("seconds", {}),
+            profiles=tuple(StepProfile.from_dict(p) for p in data.get("profiles") or ()),
+            session=bool(data.get("session")))
 
 
 def _arguments(quick: bool, device: torch.device) -> dict[str, dict[str, Any]]:
@@ -74,6 +87,62 @@ def _arguments(quick: bool, device: torch.device) -> dict[str, dict[str, Any]]:
                              "dim": 2048, "budget_s": 20.0},
             "step_speed": {"steps": 60, "warmup": 5},
             "assignment_memory": {"repeats": 7}}
+
+
+# the short GPU session (about 150 s on an H200): b up to 1024, the four solvers that matter
+SESSION_SOLVERS = ("hungarian", "auction", "greedy", "sinkhorn")
+SESSION_ARGUMENTS = {
+    "solver_speed": {"sizes": (256, 512, 1024), "repeats": 3, "dim": 2048, "budget_s": 2.0},
+    "step_speed": {"steps": 8, "warmup": 2, "block": 5, "on_device": True},
+    "profile_step": {"steps": 5, "warmup": 3},
+}
+# each configuration's solvers solve the same problem: the paper preset's integer costs
+# (hungarian.lua's 0..100000) at the paper's configuration, the float cost at the default
+SESSION_SOLVER_OVERRIDES = {
+    "paper configuration": {
+        "hungarian": ("solver.name=hungarian", "solver.quantize=100000"),
+        "auction": ("solver.name=auction", "solver.quantize=100000")},
+    "embedded default": {"hungarian": ("solver.name=hungarian",),
+                         "auction": ("solver.name=auction",)},
+}
+
+
+def session_solvers() -> tuple[str, ...]:
+    """The session's solvers that are registered (auction may not be yet)."""
+    import natkit
+    known = set(natkit.list_components("solver"))
+    return tuple(name for name in SESSION_SOLVERS if name in known)
+
+
+def session_cases(device: torch.device) -> list[tuple[str, tuple[str, ...]]]:
+    """The session's step configurations: the paper's and the embedded default, amp +
+    channels_last, each with hungarian and auction."""
+    base = {"paper configuration": (f"device={device}", *PAPER_STEP_OVERRIDES, *CUDA_SWITCHES),
+            "embedded default": (f"device={device}", *CUDA_SWITCHES)}
+    known = session_solvers()
+    return [(f"{label}, amp + channels_last, {name}", (*over, *solver))
+            for label, over in base.items()
+            for name, solver in SESSION_SOLVER_OVERRIDES[label].items() if name in known]
+
+
+def run_session(device: str = "cuda") -> SpeedResult:
+    """The short GPU session: small solver table, the paper's and the default's steps, profiles."""
+    total = stopwatch()
+    dev = builders.pick_device(device)
+    args = SESSION_ARGUMENTS
+    seconds: dict[str, float] = {}
+    seconds["solvers"], solvers = timed(lambda: solver_speed(
+        **args["solver_speed"], solvers=session_solvers(), device=str(dev)))
+    cases = session_cases(dev)
+    seconds["step"], steps = timed(lambda: [step_speed(over, **args["step_speed"], label=label)
+                                            for label, over in cases])
+    paper = [(label, over) for label, over in cases if label.startswith("paper")]
+    seconds["profile"], profiles = timed(lambda: [profile_step(over, **args["profile_step"],
+                                                               label=label)
+                                                  for label, over in paper])
+    seconds["total"] = total()
+    return SpeedResult(machine(), False, _plain(args), tuple(solvers), tuple(steps), (), (),
+                       None, seconds, tuple(profiles), session=True)
 
 
 def _plain(value: Any) -> Any:

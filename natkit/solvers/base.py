@@ -14,6 +14,8 @@ class Solver:
     """
 
     exact: bool = False
+    # the device types it is built for, None for any; elsewhere it runs, but only for tests
+    native_devices: tuple[str, ...] | None = None
 
     def __call__(self, cost: torch.Tensor) -> torch.Tensor:
         check_cost(cost)
