@@ -49,7 +49,8 @@ class NATObjective(nn.Module):
                  targets: str | Targets = "sphere", solver: str | SolverFn = "hungarian",
                  seed: int = 0, permute_every: int = 3,
                  reduction: Literal["mean", "sum"] = "mean", normalize: bool = True,
-                 device: torch.device | str = "cpu", cache_targets_mb: float = 1024.0) -> None:
+                 device: torch.device | str = "cpu",
+                 cache_targets_mb: float | Literal["auto"] = "auto") -> None:
         """One target per sample of the dataset, and the assignment P between them.
 
         Args:
@@ -72,7 +73,8 @@ class NATObjective(nn.Module):
             device: where P and the target bank are kept (the loss is on the features'
                 device, whatever this is).
             cache_targets_mb: keep the bank in memory up to this size; above it, targets are
-                regenerated per batch from (seed, id).
+                regenerated per batch from (seed, id). auto: half the free memory of a CUDA
+                ``device``, 1024 MB elsewhere.
         """
         super().__init__()
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:

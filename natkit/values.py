@@ -180,6 +180,19 @@ def _check_list(items: list[Any], bounds: Bounds | None, where: str) -> None:
         raise ConfigError(f"{where}: expected {shape}, got {shown(items)}")
 
 
+def _same_kind(value: Any, hint: Any) -> bool:
+    """Whether ``value`` is of the kind ``hint`` names: a number, a string or a list."""
+    hint, _ = split_annotated(hint)
+    origin = typing.get_origin(hint)
+    if origin is typing.Literal:
+        return any(type(value) is type(a) for a in typing.get_args(hint))
+    if hint in (int, float):
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    return origin in (tuple, list) and isinstance(value, (list, tuple))
+
+
 def coerce(value: Any, hint: Any, where: str, bounds: Bounds | None = None, *,
            label: str | None = None) -> Any:
     """Check ``value`` against a simple annotation and its bounds; returns the converted value.
@@ -207,7 +220,12 @@ def coerce(value: Any, hint: Any, where: str, bounds: Bounds | None = None, *,
                 return coerce(value, arm, where, bounds, label=label)
             except ConfigError as exc:
                 errors.append(str(exc))
-        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: unexpected value {shown(value)}")
+        # the arm of the value's own kind says best what is wrong (a number out of bounds
+        # in a "number or 'auto'" field is told as a number)
+        own = [e for arm, e in zip(arms, errors, strict=True) if _same_kind(value, arm)]
+        if len(errors) == 1 or len(own) == 1:
+            raise ConfigError((own or errors)[0])
+        raise ConfigError(f"{where}: unexpected value {shown(value)}")
     if origin is typing.Literal:
         if not any(type(value) is type(a) and value == a for a in args):
             raise ConfigError(f"{where}: expected one of {', '.join(map(repr, args))}, "

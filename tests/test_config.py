@@ -13,7 +13,7 @@ from natkit.errors import ConfigError, NatkitError
 
 def test_defaults_resolve_with_every_component_option_filled(host):
     c = config.build()
-    assert c.method == {"name": "nat", "permute_every": 3, "cache_targets_mb": 1024.0,
+    assert c.method == {"name": "nat", "permute_every": 3, "cache_targets_mb": "auto",
                         "loss_reduction": "mean"}
     assert c.data["name"] == "shapes"
     assert c.solver == {"name": "hungarian", "quantize": None}

@@ -118,6 +118,11 @@ def test_a_timm_option_refused_only_by_the_real_build_fails_before_training(
     ("train.lr=.nan", "train.lr: expected a finite number, got nan"),
     ("train.lr=.inf", "train.lr: expected a finite number, got inf"),
     ("method.cache_targets_mb=.inf", "method.cache_targets_mb: expected a finite number"),
+    # a number or 'auto': each kind of value is told what its own kind expects
+    ("method.cache_targets_mb=-1", "method.cache_targets_mb: method 'nat': cache_targets_mb "
+                                   "must be >= 0.0, got -1.0"),
+    ("method.cache_targets_mb=automatic", "method.cache_targets_mb: expected one of 'auto', "
+                                          "got 'automatic'"),
     ("eval.knn_temperature=-.inf", "eval.knn_temperature: expected a finite number"),
     ("eval.mlp_weight_decay=[.nan]", "eval.mlp_weight_decay: expected a finite number"),
     ("train.epochs=1000000000000000000000000000000", "train.epochs: expected an integer of at "

@@ -13,7 +13,7 @@ import natkit
 from benchmarks.timing import median, synchronizer, timed
 from natkit import builders
 from natkit import config as cfg
-from natkit.assignment import AssignmentState
+from natkit.assignment import AssignmentState, auto_cache_limit_mb
 from natkit.plugins import registry
 
 IMAGENET_TRAIN = 1_281_167
@@ -61,12 +61,17 @@ def _targets_at(name: str, dim: int, k: int) -> Any:
     return natkit.create_targets(name, **options)
 
 
+def resolved_limit_mb(limit: float | str, device: torch.device) -> float:
+    """The cache limit in MB that a ``cache_targets_mb`` value means on ``device``."""
+    return auto_cache_limit_mb(device) if limit == "auto" else float(limit)
+
+
 def assignment_memory(n: int = IMAGENET_TRAIN, dims: Sequence[int] = (128, 2048), k: int = 1000,
                       batch: int = 256, repeats: int = 5, device: str = "cpu") -> list[MemoryRow]:
     """Bytes of P and of a cached bank at n images, and the measured cost of regenerating targets."""
     dev = builders.pick_device(device)
     sync = synchronizer(dev)
-    default_limit_mb = cfg.build().method["cache_targets_mb"]
+    default_limit_mb = resolved_limit_mb(cfg.build().method["cache_targets_mb"], dev)
     rows = []
     for name in natkit.list_components("targets"):
         for dim in dims:

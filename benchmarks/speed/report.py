@@ -18,7 +18,7 @@ from benchmarks.speed.solvers import SolverTiming
 from benchmarks.speed.steps import StepTiming, SwitchTiming
 from benchmarks.speed.suite import SpeedResult
 from benchmarks.timing import describe
-from natkit import config as cfg
+from natkit.assignment import CPU_CACHE_LIMIT_MB
 
 
 def _solver_lines(cells: tuple[SolverTiming, ...]) -> list[str]:
@@ -106,7 +106,7 @@ def _memory_lines(rows: tuple[MemoryRow, ...]) -> list[str]:
             "yes" if r.cached_under_default_limit else "no",
         ])
     n = rows[0].n if rows else IMAGENET_TRAIN
-    limit = rows[0].default_limit_mb if rows else cfg.build().method["cache_targets_mb"]
+    limit = rows[0].default_limit_mb if rows else CPU_CACHE_LIMIT_MB
     batch = rows[0].regen_batch if rows else 256
     header = ["targets", "dim", "P (measured)", "cached: P + bank", f"regenerated: P + {batch} targets",
               f"regenerate {batch}", f"per epoch (n / {batch} batches)",

@@ -41,7 +41,7 @@ class NoiseAsTargets(Method):
 
     def __init__(self, *, context: MethodContext,
                  permute_every: Annotated[int, Bounds(ge=0)] = 3,
-                 cache_targets_mb: Annotated[float, Bounds(ge=0.0)] = 1024.0,
+                 cache_targets_mb: Annotated[float, Bounds(ge=0.0)] | Literal["auto"] = "auto",
                  loss_reduction: Literal["mean", "sum"] = "mean") -> None:
         """Noise As Targets (the paper's method; uses the ``targets`` and ``solver`` sections).
 
@@ -49,7 +49,9 @@ class NoiseAsTargets(Method):
             permute_every: reassign targets in every batch of each k-th epoch (the paper: 3);
                 0 keeps the initial random assignment.
             cache_targets_mb: keep the target bank in memory when it takes at most this many
-                MB; larger banks are regenerated per batch from (seed, id).
+                MB; larger banks are regenerated per batch from (seed, id). auto: on a GPU,
+                half the device's free memory at start (ImageNet's sphere of R^2048, 10.5 GB,
+                stays on an H200); elsewhere 1024 MB.
             loss_reduction: the squared distances averaged over the batch, or summed as in the
                 authors' code (MSECriterion with sizeAverage = false: at the same lr, steps
                 batch_size times larger).
