@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -14,8 +15,9 @@ from scipy.optimize import linear_sum_assignment
 
 pytest.importorskip("triton")
 
+from natkit.errors import ConfigError
 from natkit.solvers import assignment_cost, is_permutation
-from natkit.solvers.auction import AuctionSolver, solve_batch
+from natkit.solvers.auction import AuctionSolver, create, solve_batch
 from natkit.solvers.hungarian import HungarianSolver, quantized_cost
 
 
@@ -125,6 +127,25 @@ def test_missing_triton_is_one_line_naming_it(monkeypatch):
     with pytest.raises(ImportError, match="triton") as info:
         solve_batch(torch.zeros(1, 3, 3))
     assert "\n" not in str(info.value)
+
+
+def test_a_run_without_triton_is_refused_at_its_start_in_one_line(monkeypatch, tmp_path):
+    import subprocess
+    import sys as system
+
+    monkeypatch.setitem(sys.modules, "triton", None)
+    with pytest.raises(ConfigError, match="solver 'auction': .*triton") as info:
+        create()
+    assert "\n" not in str(info.value)
+    # and from the command line: exit 2 and one line, before anything trains
+    hide = "import sys; sys.modules['triton'] = None; from natkit.cli import main; main()"
+    proc = subprocess.run([system.executable, "-c", hide, "run", "--solver", "auction",
+                           "--out", str(tmp_path / "run"), "--set", "train.epochs=1"],
+                          capture_output=True, text=True, env={**os.environ,
+                                                              "NATKIT_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "triton" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
 def test_registered_as_the_auction_solver(host):

@@ -32,6 +32,7 @@ from typing import Annotated
 import numpy as np
 import torch
 
+from natkit.errors import ConfigError
 from natkit.solvers.base import Solver
 from natkit.values import Bounds
 
@@ -312,4 +313,8 @@ def create(*, quantize: Annotated[int | None, Bounds(ge=0, le=MAX_QUANTIZE)] = N
         scale: the factor eps shrinks by from one phase to the next.
         max_rounds: bidding rounds allowed before the solve gives up (and the run stops).
     """
+    try:  # a run that cannot solve is refused at its start, not at its first reassignment
+        _triton()
+    except ImportError as exc:
+        raise ConfigError(f"solver 'auction': {exc}; it comes with PyTorch's CUDA builds") from None
     return AuctionSolver(quantize, eps_final, scale, max_rounds)
