@@ -226,7 +226,10 @@ def _write_results(run: Invocation, ledger: Ledger, figures: list[tuple[str, str
     tables, verdicts = report.rebuild(run.target, path.parent if path is not None else run.target)
     if not run.everything:
         if path is not None and path.is_file():
-            path.write_text(results_page.refresh_results(path.read_text(), tables, verdicts))
+            text = results_page.refresh_results(path.read_text(), tables, verdicts)
+            if ledger.measured_any:  # the header says which tables were measured again
+                text = results_page.record_rerun(text, _rerun_line(run, ledger))
+            path.write_text(text)
             console.print(f"updated {len(tables)} table(s) and the verdicts in {path}",
                           highlight=False)
         return
@@ -255,6 +258,14 @@ def _header(run: Invocation, ledger: Ledger, seconds: float) -> dict[str, str | 
         "code": _code_summary(ledger.code),
         "scale_about": _scale_about(run.scale, run.extra),
     }
+
+
+def _rerun_line(run: Invocation, ledger: Ledger) -> str:
+    """The header line of a partial invocation: its tables, when, where, by which code."""
+    header = _header(run, ledger, 0.0)
+    return (f"- re-run of {', '.join(run.tables)}: {header['date']}, "
+            f"{header['compute_minutes']:.1f} min of compute, `{header['command']}`, on "
+            f"{header['machine']}; {header['code']}")
 
 
 def _steps_per_run(recipe: tuple[str, ...], extra: tuple[str, ...]) -> str:

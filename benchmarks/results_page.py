@@ -69,6 +69,19 @@ def fresh_results(folder: Path, relative_to: Path, sections: list[tuple[str, str
     return "\n".join(lines)
 
 
+def record_rerun(results: str, line: str) -> str:
+    """RESULTS.md text whose header lists ``line`` ("- re-run of TABLES ...": which tables a
+    later invocation measured again, when, where and by which code), replacing an earlier
+    line for the same tables."""
+    key = line.split(":", 1)[0] + ":"
+    lines = results.split("\n")
+    kept = [x for x in lines if not x.startswith(key)]
+    at = next((i for i, x in enumerate(kept) if x.startswith("- scale `")), None)
+    if at is None:
+        return results
+    return "\n".join([*kept[:at], line, *kept[at:]])
+
+
 def refresh_results(results: str, sections: list[tuple[str, str]], verdicts: str) -> str:
     """RESULTS.md text with its verdicts and the given tables' sections replaced; the rest
     (header, other tables, speed) stays as it was."""

@@ -706,3 +706,16 @@ def test_report_shows_the_choices_of_a_table_that_chooses_and_of_no_other(tmp_pa
     assert "| softmax | 50.0 | **90.0** |" in (folder / "loss.md").read_text()
     assert "was chosen" not in (folder / "solver.md").read_text()
     assert "| softmax | 50.0 | **90.0** |" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_a_rerun_is_recorded_in_the_header_once_per_set_of_tables():
+    from benchmarks.results_page import record_rerun
+
+    header = "# r\n\n- machine: a\n- code: c\n- scale `tiny`: s\n\ntext\n"
+    once = record_rerun(header, "- re-run of preprocess_nat: today, on b")
+    assert once.splitlines()[4:6] == ["- re-run of preprocess_nat: today, on b",
+                                      "- scale `tiny`: s"]
+    again = record_rerun(once, "- re-run of preprocess_nat: tomorrow, on c")
+    assert "today" not in again and again.count("- re-run of preprocess_nat:") == 1
+    other = record_rerun(again, "- re-run of dim: tomorrow")
+    assert other.count("- re-run of") == 2 and other.endswith("text\n")
