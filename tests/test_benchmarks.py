@@ -110,7 +110,9 @@ def test_finished_runs_are_reused(host, tmp_path, monkeypatch):
     assert sorted(p.name for p in (tmp_path / "runs" / "tiny").iterdir()) == runs
 
 
-def test_a_table_capped_in_seeds_runs_no_more_than_its_cap(tmp_path, monkeypatch):
+@pytest.fixture
+def seeds_asked(monkeypatch):
+    """The seeds each table is asked to run, with nothing trained or written."""
     asked = {}
 
     def run_table(table, scale, seeds, *rest):
@@ -118,6 +120,11 @@ def test_a_table_capped_in_seeds_runs_no_more_than_its_cap(tmp_path, monkeypatch
         return []
     monkeypatch.setattr("benchmarks.__main__.run_table", run_table)
     monkeypatch.setattr("benchmarks.records.write_csv", lambda measured, path: None)
+    return asked
+
+
+def test_a_table_capped_in_seeds_runs_no_more_than_its_cap(tmp_path, seeds_asked):
+    asked = seeds_asked
     args = ["dim", "period", "--seeds", "5", "--out", str(tmp_path / "r"),
             "--runs", str(tmp_path / "runs")]
     assert runner.invoke(app, args).exit_code == 0
@@ -128,14 +135,8 @@ def test_a_table_capped_in_seeds_runs_no_more_than_its_cap(tmp_path, monkeypatch
     assert asked == {"dim": 2, "period": 2}  # a cap never adds seeds
 
 
-def test_a_table_spends_its_own_seeds_only_when_seeds_are_not_given(tmp_path, monkeypatch):
-    asked = {}
-
-    def run_table(table, scale, seeds, *rest):
-        asked[table.key] = seeds
-        return []
-    monkeypatch.setattr("benchmarks.__main__.run_table", run_table)
-    monkeypatch.setattr("benchmarks.records.write_csv", lambda measured, path: None)
+def test_a_table_spends_its_own_seeds_only_when_seeds_are_not_given(tmp_path, seeds_asked):
+    asked = seeds_asked
     folders = ["--out", str(tmp_path / "r"), "--runs", str(tmp_path / "runs")]
     assert TABLES["preprocess_nat"].tiny_seeds == 8 and TABLES["period"].tiny_seeds is None
     assert runner.invoke(app, ["preprocess_nat", "period", *folders]).exit_code == 0
