@@ -47,7 +47,7 @@ def trained_run(tmp: Path) -> Path:
 
 CATALOGUE = {
     "unknown solver": (lambda t: ["run", "--solver", "hungarain"],
-                       "unknown solver 'hungarain' (did you mean 'hungarian'?); valid: emd"),
+                       "unknown solver 'hungarain' (did you mean 'hungarian'?); valid: auction, emd"),
     "unknown timm model": (lambda t: ["run", "--backbone", "timm:resnet181"],
                            "unknown timm model 'resnet181' (did you mean 'resnet18'?)"),
     "option a timm model rejects": (lambda t: ["run", "--backbone", "timm:resnet18",
