@@ -287,7 +287,7 @@ def main(
     started = time.perf_counter()
     # a time limit's SIGTERM unwinds as an exception: the running child is killed on the way
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    from benchmarks.photos import cores
+    from natkit.environment import usable_cores as cores
 
     if warmup < 1 or steps - warmup <= 2 * workers:
         raise typer.BadParameter("need --warmup >= 1 and more timed steps (--steps - --warmup) "

@@ -16,11 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.loader import photograph
-
-
-def cores() -> int:
-    """The cores this process may use."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+from natkit.environment import usable_cores
 
 
 def photo_path(root: Path, i: int, classes: int) -> Path:
@@ -45,7 +41,7 @@ def write_photo_folder(root: Path, count: int, size: tuple[int, int] = (500, 375
     for k in range(min(classes, count)):
         (root / f"class{k:03d}").mkdir(parents=True, exist_ok=True)
     jobs = [(str(root), i, size[0], size[1], classes, seed, quality) for i in range(count)]
-    workers = cores() if workers is None else workers
+    workers = usable_cores() if workers is None else workers
     if workers <= 1:
         for job in jobs:
             _write_one(job)

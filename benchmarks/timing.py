@@ -7,7 +7,6 @@ only next to :func:`describe`'s account of the machine.
 
 from __future__ import annotations
 
-import os
 import platform
 import statistics
 import time
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from natkit.environment import usable_cores
 
 Sync = Callable[[], None]
 
@@ -103,10 +104,7 @@ class Machine:
 
 def machine() -> Machine:
     """CPU model, cores, torch threads and version, CUDA device, python and platform."""
-    try:
-        cores = len(os.sched_getaffinity(0))  # what this process may use, not the host's total
-    except AttributeError:
-        cores = os.cpu_count() or 1
+    cores = usable_cores()  # what this process may use, not the host's total
     return Machine(
         cpu=_cpu_model(), cores=cores, torch_threads=torch.get_num_threads(),
         memory_gb=_memory_gb(), torch=torch.__version__,

@@ -21,6 +21,11 @@ from natkit.version import __version__
 ENVIRONMENT = "environment.json"
 
 
+def usable_cores() -> int:
+    """The CPU cores this process may use (its affinity), not the host's total."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def describe(device: torch.device, world_size: int = 1) -> dict[str, Any]:
     """This process's software, hardware and source, as plain data for environment.json."""
     cuda = torch.cuda.is_available()

@@ -7,15 +7,10 @@ format and its reader are :mod:`natkit.datasets.shards`, the writer
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
-
-
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def shards(
@@ -47,9 +42,10 @@ def shards(
     only once complete (an interrupted write leaves nothing that reads as finished).
     """
     from natkit.datasets.shard_writer import write_shards
+    from natkit.environment import usable_cores
 
     written = write_shards(src, out_dir, size=size, quality=quality, encoding=encoding,
-                           workers=_cores() if workers is None else workers,
+                           workers=usable_cores() if workers is None else workers,
                            test_fraction=test_fraction, seed=seed, force=force)
     for split in written.splits:
         typer.echo(f"{split.split}: {split.images:,} images, {split.bytes / 1e6:,.1f} MB"
