@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from natkit.errors import ConfigError
-from natkit.solvers.base import Solver
+from natkit.solvers.base import Solver, quantized_costs
 from natkit.values import Bounds
 
 tl = None  # triton.language, bound by _kernel() on first use so CPU-only installs can import natkit
@@ -200,17 +200,6 @@ def _interpret(kernel, grid, args, consts) -> None:
     finally:
         JITFunction.__call__ = original
         scope.restore()
-
-
-def quantized_costs(costs: torch.Tensor, levels: int) -> torch.Tensor:
-    """hungarian's :func:`~natkit.solvers.hungarian.quantized_cost` of each problem, on its device."""
-    c = costs.detach().to(torch.float64)
-    lo = c.amin(dim=(-2, -1), keepdim=True)
-    hi = c.amax(dim=(-2, -1), keepdim=True)
-    span = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
-    # the same float64 operations in the same order as numpy's, so the same integers
-    q = ((c - lo) * (1.0 / span) * float(levels)).trunc()
-    return torch.where(hi > lo, q, torch.zeros_like(q))
 
 
 def launch_config(b: int, bidders: int | None = None, num_warps: int | None = None) -> tuple[int, ...]:

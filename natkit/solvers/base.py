@@ -68,3 +68,20 @@ def assignment_cost(cost: torch.Tensor, perm: torch.Tensor) -> float:
     """The summed cost of assigning row i to column perm[i], in float64."""
     rows = torch.arange(cost.shape[0], device=cost.device)
     return float(cost.to(torch.float64)[rows, perm].sum())
+
+
+def quantized_costs(costs: torch.Tensor, levels: int) -> torch.Tensor:
+    """The integer costs the authors' hungarian.lua (27-31) solves, 0..``levels``, of each
+    ``[b, b]`` problem in ``costs[..., b, b]``, on its device, as integer-valued float64.
+
+    ``(cost - min) * (1 / (max - min)) * levels``, in float64 and in that order, then
+    truncated toward zero (``:int()``). A constant cost becomes all zeros (hungarian.lua
+    would divide by zero). One rule for every solver that takes ``quantize``, so they solve
+    the same integers.
+    """
+    c = costs.detach().to(torch.float64)
+    lo = c.amin(dim=(-2, -1), keepdim=True)
+    hi = c.amax(dim=(-2, -1), keepdim=True)
+    span = torch.where(hi > lo, hi - lo, torch.ones_like(hi))
+    q = ((c - lo) * (1.0 / span) * float(levels)).trunc()
+    return torch.where(hi > lo, q, torch.zeros_like(q))

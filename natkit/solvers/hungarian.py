@@ -8,23 +8,16 @@ import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
-from natkit.solvers.base import Solver
+from natkit.solvers.base import Solver, quantized_costs
 from natkit.values import Bounds
 
 INT32_MAX = 2**31 - 1  # hungarian.c solves int costs
 
 
 def quantized_cost(cost: np.ndarray, levels: int) -> np.ndarray:
-    """The integer costs the authors' hungarian.lua (27-31) solves: 0..``levels``.
-
-    ``(cost - min) * (1 / (max - min)) * levels``, in float64 and in that order, then
-    truncated toward zero (``:int()``). A constant cost becomes all zeros (hungarian.lua
-    would divide by zero).
-    """
-    low, high = cost.min(), cost.max()
-    if high == low:
-        return np.zeros(cost.shape, dtype=np.int64)
-    return ((cost - low) * (1.0 / (high - low)) * float(levels)).astype(np.int64)
+    """:func:`~natkit.solvers.base.quantized_costs` of one numpy cost, as int64."""
+    return quantized_costs(torch.from_numpy(np.asarray(cost, dtype=np.float64)), levels).to(
+        torch.int64).numpy()
 
 
 class HungarianSolver(Solver):
