@@ -161,8 +161,9 @@ def prepare(data: Path, images: int, workers: int, classes: int) -> dict[str, An
                                workers=workers, force=True)
         times[f"{encoding}_shards_s"] = round(written.seconds, 2)
         times[f"{encoding}_shards_bytes"] = sum(s.bytes for s in written.splits)
-    times["folder_bytes"] = sum(p.stat().st_size for p in folder.rglob("*.jpg"))
-    times["images"] = sum(1 for _ in folder.rglob("*.jpg"))
+    files = list(folder.rglob("*.jpg"))
+    times["folder_bytes"] = sum(p.stat().st_size for p in files)
+    times["images"] = len(files)
     return times
 
 
@@ -181,9 +182,9 @@ def pixel_differences(data: Path, decode_on: str | None, count: int = 64) -> dic
     folder = imagefolder.create(root=str(data / "folder"), image_size=SIZE, cache=False)
     records = shards.create(root=str(data / "shards-jpeg"), cache=False)
     idx = torch.arange(min(count, len(folder)))
-    cpu_folder = folder.raw_batch(idx)
+    cpu_folder, cpu_records = folder.raw_batch(idx), records.raw_batch(idx)
     out: dict[str, Any] = {"images": len(idx),
-                           "shard_record_vs_folder": _diff(records.raw_batch(idx), cpu_folder)}
+                           "shard_record_vs_folder": _diff(cpu_records, cpu_folder)}
     if decode_on is None:
         out["nvjpeg"] = "skipped: needs CUDA"
         return out
@@ -194,7 +195,7 @@ def pixel_differences(data: Path, decode_on: str | None, count: int = 64) -> dic
     out["nvjpeg_vs_cpu_folder"] = _diff(
         gpu_folder.decode_raw(gpu_folder.raw_batch(idx), cuda).cpu(), cpu_folder)
     out["nvjpeg_vs_cpu_shards"] = _diff(
-        gpu_records.decode_raw(gpu_records.raw_batch(idx), cuda).cpu(), records.raw_batch(idx))
+        gpu_records.decode_raw(gpu_records.raw_batch(idx), cuda).cpu(), cpu_records)
     return out
 
 

@@ -20,7 +20,7 @@ from rich.console import Console
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
-from benchmarks.speed.steps import _batches
+from benchmarks.speed.steps import first_batches
 from benchmarks.timing import synchronizer
 from natkit import assignment as asg
 from natkit import config as cfg
@@ -142,7 +142,7 @@ def profile_step(overrides: Sequence[str], *, steps: int = 5, warmup: int = 3,
         run = Run(config, Path(tmp) / "nat", console=quiet)
         sync = synchronizer(run.device)
         cuda = run.device.type == "cuda"
-        batches = _batches(run, warmup + steps, on_device=True)
+        batches = first_batches(run, warmup + steps, on_device=True)
         if wrap_solver is not None:
             run.method.wrap_solver(wrap_solver)
         run.method.force_reassignment(True)

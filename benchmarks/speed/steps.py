@@ -104,7 +104,7 @@ class SwitchTiming:
         return cls(**{**data, "overrides": tuple(data["overrides"])})
 
 
-def _batches(run: Run, count: int, on_device: bool = False) -> list[Batch]:
+def first_batches(run: Run, count: int, on_device: bool = False) -> list[Batch]:
     """The first ``count`` batches of the run's first epoch, loaded (cycled if too few).
 
     With ``on_device`` they are moved to the run's device ahead of timing, so the
@@ -172,8 +172,8 @@ def step_speed(config_overrides: Sequence[str] = (), steps: int = 20,
         sup = Run(configs["supervised"], Path(tmp) / "supervised", console=quiet)
         sync = synchronizer(nat.device)
         rounds = warmup + steps
-        data = {"nat": _batches(nat, rounds * block, on_device),
-                "supervised": _batches(sup, rounds * block, on_device)}
+        data = {"nat": first_batches(nat, rounds * block, on_device),
+                "supervised": first_batches(sup, rounds * block, on_device)}
         cases = {"nat_reassign": _case(nat, data["nat"], block, True),
                  "nat_fixed": _case(nat, data["nat"], block, False),
                  "supervised": _case(sup, data["supervised"], block, None)}
@@ -226,7 +226,7 @@ def switch_speed(device: str, overrides: Sequence[str] = PAPER_STEP_OVERRIDES, s
         with tempfile.TemporaryDirectory(prefix="natkit-switch-") as tmp:
             run = Run(config, Path(tmp) / "run", console=quiet)
             sync = synchronizer(run.device)
-            batches = _batches(run, block, on_device=True)
+            batches = first_batches(run, block, on_device=True)
             times = []
 
             def block_of_steps(run: Run = run, batches: list[Batch] = batches) -> None:
