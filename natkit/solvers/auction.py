@@ -205,7 +205,7 @@ def _interpret(kernel, grid, args, consts) -> None:
 def launch_config(b: int, bidders: int | None = None, num_warps: int | None = None) -> tuple[int, ...]:
     """``(BLOCK, K, R, num_warps)`` for size b: K bidders a round, R rows a scan step."""
     block = 1 << max(b - 1, 1).bit_length()
-    # 16 bidders take fewer rounds than 4 or 8 at b = 256 (interpreter counts: 854, 2520, 1155); the
+    # 16 bidders take fewer rounds than 4 or 8 at b = 256 (interpreter counts: 850, 2527, 1155); the
     # defaults keep a [K, BLOCK] float64 tile at 32 values a thread, which ptxas holds without spilling
     bidders = bidders or max(1, min(16, 16384 // block))
     num_warps = num_warps or min(8, max(1, bidders * block // 1024))  # 8 warps: 255 registers a thread
